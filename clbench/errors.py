@@ -1,0 +1,49 @@
+"""User-facing errors.
+
+A :class:`ClbenchError` is a problem with the user's input or environment (unknown name,
+bad config value, missing file). The CLI prints its message as one paragraph, without a
+traceback, and exits with a non-zero code. Every message names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ClbenchError(Exception):
+    """An error the user can fix; the message says how."""
+
+    exit_code = 2
+
+
+class ConfigError(ClbenchError):
+    """A bad configuration key, value or override."""
+
+
+class RegistryError(ClbenchError):
+    """An unknown method, benchmark, backbone or preset name."""
+
+
+class DataError(ClbenchError):
+    """A dataset, split file or image that is missing, malformed or corrupt."""
+
+
+class WeightsError(ClbenchError):
+    """Pretrained weights that cannot be found or do not match."""
+
+
+class OutputError(ClbenchError):
+    """A results directory that cannot be created or written."""
+
+
+class TrainingDiverged(ClbenchError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 3
+
+
+def closest(name: str, choices: Iterable[str]) -> str:
+    """Return a ' Did you mean ...?' hint for ``name`` among ``choices`` (or '')."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
