@@ -1,0 +1,79 @@
+"""Classifier heads shared by methods."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class IncrementalLinear(nn.Module):
+    """A linear head over all classes seen so far, grown by :meth:`grow` at each task.
+
+    Old rows are kept; new rows are Kaiming-uniform with a linear gain (bound √(3/d)) and
+    zero bias, as in PILOT/SD-LoRA's ``SimpleLinear``.
+    """
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.in_features = in_features
+        self.weight = nn.Parameter(torch.empty(0, in_features))
+        self.bias = nn.Parameter(torch.empty(0))
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @torch.no_grad()
+    def grow(self, total: int) -> None:
+        """Extend the head to ``total`` outputs."""
+        new = total - self.out_features
+        if new <= 0:
+            return
+        bound = math.sqrt(3.0 / self.in_features)
+        w = self.weight.new_empty(new, self.in_features).uniform_(-bound, bound)
+        self.weight = nn.Parameter(torch.cat([self.weight.detach(), w]))
+        self.bias = nn.Parameter(torch.cat([self.bias.detach(), self.bias.new_zeros(new)]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class TaskHeads(nn.Module):
+    """One linear head per task; logits of all tasks concatenated (InfLoRA-style)."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.in_features = in_features
+        self.heads = nn.ModuleList()
+
+    def add(self, n_classes: int) -> nn.Linear:
+        device = next(iter(self.parameters()), torch.empty(0)).device
+        head = nn.Linear(self.in_features, n_classes).to(device)
+        self.heads.append(head)
+        return head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([h(x) for h in self.heads], dim=-1)
+
+
+class Prototypes(nn.Module):
+    """Cosine classifier over class-mean features (SimpleCIL / APER)."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.register_buffer("means", torch.empty(0, in_features))
+
+    @torch.no_grad()
+    def set(self, labels: Tensor, means: Tensor) -> None:
+        """Set the prototypes of ``labels`` (new labels, extending the table as needed)."""
+        total = max(int(labels.max()) + 1, self.means.shape[0])
+        table = self.means.new_zeros(total, self.means.shape[1])
+        table[: self.means.shape[0]] = self.means
+        table[labels] = means.to(table)
+        self.means = table
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) @ F.normalize(self.means, dim=-1).t()
