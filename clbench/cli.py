@@ -1,0 +1,228 @@
+"""The ``clbench`` command line.
+
+Commands live here (run, list, pretrain-embedded) and in sibling modules that attach to
+:data:`app` (see the imports at the bottom). Every command turns a
+:class:`~clbench.errors.ClbenchError` into a one-paragraph message and a non-zero exit code,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ClbenchError, ConfigError
+
+app = typer.Typer(
+    help="clbench: benchmark continual-learning methods on pretrained vision transformers.\n\n"
+    "Start with 'clbench run --methods sdlora,inflora' (embedded benchmark, a few minutes on a CPU), "
+    "then 'clbench report'.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(func: Callable) -> Callable:
+    """Decorator: user errors become a message and an exit code, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ClbenchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]Interrupted.[/] Finished tasks are kept in the run record (status 'interrupted').")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def split_list(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in split_list(text)]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, e.g. --seeds 1993,1994,1995; got '{text}'.") from None
+
+
+def load_config_file(path: Path | None) -> list[tuple[str, Any]]:
+    """Dotted overrides from a YAML file of sections (engine/train/backbone/benchmark/method)."""
+    if path is None:
+        return []
+    import yaml
+
+    from .config import flatten
+
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}. Pass a YAML file of sections, e.g. 'train: {{lr: 0.01}}'.") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of sections (train:, method:, ...).")
+    return flatten(tree)
+
+
+@app.command()
+@friendly
+def run(
+    methods: Annotated[str, typer.Option("--methods", "-m", help="Comma-separated method names (see 'clbench list').")] = "",
+    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Benchmark name; default: the embedded 'shapes'.")] = "shapes",
+    seeds: Annotated[str, typer.Option("--seeds", "-s", help="Comma-separated seeds; each seeds the class order and training.")] = "1993",
+    preset: Annotated[str | None, typer.Option(help="Named preset (a paper's hyperparameters), e.g. sdlora-paper.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable), e.g. train.lr=0.01, sdlora.rank=8.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of config sections, applied before --set.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Where run directories go (default: ./results).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Dataset root for real benchmarks (sets benchmark.data_root).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train and evaluate methods on a benchmark; write one record per run and print a table."""
+    from .config import parse_set
+    from .engine.progress import ProgressReporter
+    from .experiment import DataCache, execute, plan
+
+    overrides = load_config_file(config) + parse_set(set_ or [])
+    if output_dir is not None:
+        overrides.append(("engine.output_dir", str(output_dir)))
+    if device is not None:
+        overrides.append(("engine.device", device))
+    if data_root is not None:
+        overrides.append(("benchmark.data_root", str(data_root)))
+    if not progress:
+        overrides.append(("engine.progress", "false"))
+    runs = plan(split_list(methods), benchmark, parse_seeds(seeds), preset, overrides)
+    cache = DataCache()
+    records = []
+    with ProgressReporter(err_console, enabled=runs[0].config.engine.progress) as reporter:
+        for run_ in runs:
+            cfg = run_.config
+            reporter.log(f"[bold]{cfg.method}[/] on {cfg.benchmark} (seed {cfg.seed}"
+                         f"{', preset ' + cfg.preset if cfg.preset else ''})")
+            records.append(execute(run_, reporter, cache))
+    console.print(results_table(records))
+    for rec in records:
+        console.print(f"  {rec['method']} seed {rec['seed']}: {Path(rec['run_dir']) / 'record.json'}", highlight=False)
+
+
+def results_table(records: list[dict]) -> Table:
+    """Acc/AAA/forgetting per run, as printed at the end of 'clbench run'."""
+    table = Table(title="Acc, AAA (sample-weighted %), forgetting (Chaudhry), BWT")
+    for col in ("method", "seed", "Acc", "AAA", "Forgetting", "BWT", "trainable", "time"):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+
+    def fmt(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    for rec in records:
+        m = rec["metrics"] or {}
+        trainable = max((t["trainable_params"] for t in rec["tasks"]), default=0)
+        secs = rec["timing"]["train_s"] + rec["timing"]["eval_s"]
+        table.add_row(rec["method"], str(rec["seed"]), fmt(m.get("acc")), fmt(m.get("aaa")),
+                      fmt(m.get("forgetting")), fmt(m.get("bwt")), f"{trainable:,}", f"{secs:.0f}s")
+    return table
+
+
+@app.command("list")
+@friendly
+def list_(
+    presets: Annotated[bool, typer.Option("--presets", help="Also list presets with their sources.")] = False,
+) -> None:
+    """Show registered methods, benchmarks and backbones (and presets)."""
+    from .registry import BACKBONES, BENCHMARKS, METHODS
+
+    for title, registry in (("Methods", METHODS), ("Benchmarks", BENCHMARKS), ("Backbones", BACKBONES)):
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for entry in registry:
+            table.add_row(entry.name, entry.description)
+        console.print(table)
+    console.print("Backbones also include every timm model by its full 'arch.tag' name.")
+    if presets:
+        from .presets import PRESETS
+
+        table = Table(title="Presets", title_justify="left")
+        for col in ("name", "method", "benchmark", "when", "reported Acc/AAA", "source"):
+            table.add_column(col)
+        for p in PRESETS:
+            rep = f"{p.reported.acc}/{p.reported.aaa}" if p.reported else ""
+            table.add_row(p.name, p.method, p.benchmark, str(p.when or ""), rep, p.source)
+        console.print(table)
+
+
+@app.command("pretrain-embedded")
+@friendly
+def pretrain_embedded(
+    out: Annotated[Path | None, typer.Option(help="Output file (default: the bundled asset in the package).")] = None,
+    epochs: Annotated[int, typer.Option(help="Pretraining epochs.")] = 30,
+) -> None:
+    """Re-create the embedded benchmark's pretrained backbone (about 25 min on 2 CPU cores)."""
+    from .benchmarks.shapes import pretrain_backbone
+
+    digest = pretrain_backbone(str(out) if out else None, epochs=epochs, log=console.print)
+    console.print(f"saved; sha256 {digest}")
+
+
+@app.command()
+@friendly
+def bench(
+    methods: Annotated[str, typer.Option("--methods", "-m", help="Comma-separated methods to time.")] = "lora",
+    backbone: Annotated[str, typer.Option(help="Backbone arch.tag (random weights are enough for timing).")] = "vit_base_patch16_224",
+    image_size: Annotated[int, typer.Option(help="Input size of the random images.")] = 224,
+    batch_size: Annotated[int, typer.Option(help="Batch size of the timed steps.")] = 32,
+    late_task: Annotated[int, typer.Option(help="1-indexed late task to time besides task 1.")] = 20,
+    steps: Annotated[int, typer.Option(help="Timed repetitions (median reported).")] = 10,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Extra config overrides (as in 'run').")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the measurements to this JSON file.")] = None,
+) -> None:
+    """Time training steps (task 1 vs a late task) and evaluation throughput, side by side."""
+    import json
+
+    from .bench import measure
+    from .config import parse_set
+
+    overrides = [("backbone.name", backbone), ("backbone.weights", "none"), ("benchmark.image_size", image_size),
+                 ("benchmark.n_tasks", late_task), ("benchmark.n_classes", 10 * late_task)] + parse_set(set_ or [])
+    rows = []
+    for name in split_list(methods):
+        for task in (0, late_task - 1):
+            rows.append(measure(name, task, batch_size, "random", overrides, steps=steps))
+            err_console.print(f"  measured {name} at task {task + 1}")
+    table = Table(title=f"clbench bench: {backbone}, batch {batch_size}, {rows[0]['device']}")
+    for col in ("method", "task", "trainable", "step ms", "vs task 1", "eval img/s merged", "unmerged", "merged vs bare"):
+        table.add_column(col, justify="right")
+    first = {}
+    for row in rows:
+        step = row["step_s"]
+        first.setdefault(row["method"], step)
+        ratio = f"{step / first[row['method']]:.3f}" if step and first[row["method"]] else "–"
+        table.add_row(row["method"], str(row["task"]), f"{row['trainable']:,}", f"{1000 * step:.1f}" if step else "–",
+                      ratio, f"{row['eval_img_s_merged']:.1f}", f"{row['eval_img_s_unmerged']:.1f}",
+                      f"{row['eval_img_s_merged'] / row['eval_img_s_bare']:.3f}")
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=1))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="clbench")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

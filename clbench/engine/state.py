@@ -1,0 +1,77 @@
+"""Saving and restoring method state whose structure grows task by task.
+
+Methods add parameters as tasks arrive (heads grow, adapters are frozen and concatenated,
+prompt components are appended). :func:`restore_state` loads a state dict into a freshly
+built method whatever the shapes: parameters and buffers adopt the saved shapes, and
+parameters that are ``None`` in the fresh module (e.g. no current adapter branch yet) are
+created. Python-side structure travels in ``get_extra_state`` (JSON-serialisable values).
+
+The contract every method meets (tested for all registered methods): loading the state
+saved after task ``t`` (``task_state()``) into a fresh instance on the pretrained backbone
+reproduces that instance's predictions after task ``t``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+EXTRA = "_extra_state"
+_META_PREFIX = "extra:"
+
+
+def restore_state(module: nn.Module, state: Mapping[str, Any], omitted: tuple[str, ...] = ("backbone.",)) -> None:
+    """Load ``state`` into ``module``, adopting saved shapes and creating missing parameters.
+
+    Keys under the ``omitted`` prefixes may be absent from ``state`` (task states leave out
+    the pretrained backbone); any other mismatch is an error.
+    """
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    for key, value in state.items():
+        if key.endswith(EXTRA) or not torch.is_tensor(value):
+            continue
+        path, _, name = key.rpartition(".")
+        owner = module.get_submodule(path) if path else module
+        if name in owner._parameters:
+            current = owner._parameters[name]
+            if current is None or current.shape != value.shape:
+                flag = True if current is None else current.requires_grad
+                owner._parameters[name] = nn.Parameter(torch.empty_like(value, device=device), requires_grad=flag)
+        elif name in owner._buffers:
+            current = owner._buffers[name]
+            if current is None or current.shape != value.shape:
+                owner._buffers[name] = torch.empty_like(value, device=device)
+    missing, unexpected = module.load_state_dict(dict(state), strict=False)
+    missing = [k for k in missing if not k.startswith(omitted)]
+    if missing or unexpected:
+        raise KeyError(f"state does not fit {type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def split_extra(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors, and JSON strings for the non-tensor (extra-state) entries."""
+    tensors, meta = {}, {}
+    for key, value in state.items():
+        if torch.is_tensor(value):
+            tensors[key] = value.detach().to("cpu").contiguous().clone()
+        else:
+            meta[_META_PREFIX + key] = json.dumps(value)
+    return tensors, meta
+
+
+def load_state_file(path: str | Path) -> dict[str, Any]:
+    """Read a state saved by :func:`clbench.records.save_state` (tensors + extra states)."""
+    from safetensors import safe_open
+
+    state: dict[str, Any] = {}
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():
+            state[key] = fh.get_tensor(key)
+        for key, value in (fh.metadata() or {}).items():
+            if key.startswith(_META_PREFIX):
+                state[key[len(_META_PREFIX):]] = json.loads(value)
+    return state

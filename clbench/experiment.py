@@ -1,0 +1,245 @@
+"""Planning and executing runs: config resolution, validation up front, one record per run.
+
+:func:`plan` resolves the configuration of every (method, seed) pair of a request and checks
+names, keys, types, the output directory and the weights before anything runs, so bad input
+fails fast and leaves no partial record. :func:`execute` runs one planned run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbones import _resolve_spec, check_bundled, create_backbone
+from .config import (SECTIONS, BackboneConfig, EngineConfig, RunConfig, TrainConfig, apply_values,
+                     field_types, to_plain)
+from .engine.progress import ProgressReporter
+from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
+from .engine.trainer import Trainer
+from .errors import ConfigError, WeightsError
+from .presets import Preset, find_preset
+from .records import RunRecorder, environment, ensure_writable, new_run_dir, save_state
+from .registry import BENCHMARKS, METHODS
+
+Override = tuple[str, Any]  # (dotted key, value); values may be command-line strings
+
+
+@dataclass
+class PlannedRun:
+    """A fully resolved run, ready to execute."""
+
+    config: RunConfig
+    preset: Preset | None
+    overrides: list[Override] = field(default_factory=list)
+
+
+def _route(overrides: Sequence[Override], method: str, selected: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """(section, key, value) for the overrides that apply to ``method``."""
+    routed = []
+    for dotted, value in overrides:
+        head, _, rest = dotted.partition(".")
+        if head in SECTIONS:
+            section, key = head, rest
+        elif head in selected or head in METHODS:
+            if head not in selected:
+                raise ConfigError(f"Override '{dotted}' targets method '{head}', which is not among --methods ({', '.join(selected)}).")
+            if head != method:
+                continue
+            sub, _, subkey = rest.partition(".")
+            section, key = (sub, subkey) if sub in SECTIONS and subkey else ("method", rest)
+        else:
+            raise ConfigError(
+                f"Unknown config section '{head}' in '{dotted}'. Use one of {', '.join(SECTIONS)} "
+                f"(e.g. train.lr=0.01), or a method name to target one method (e.g. sdlora.rank=8)."
+            )
+        if not key or "." in key:
+            raise ConfigError(f"Malformed config key '{dotted}'. Write section.key=value, e.g. train.lr=0.01.")
+        routed.append((section, key, value))
+    return routed
+
+
+def _apply(sections: dict[str, Any], items: Sequence[tuple[str, str, Any]], origin: str) -> None:
+    for section, key, value in items:
+        obj = sections[section]
+        if key not in field_types(type(obj)) and section == "method":
+            raise ConfigError(
+                f"Method '{origin}' has no option '{key}'. Its options: "
+                f"{', '.join(field_types(type(obj))) or '(none)'}. To target one method use <method>.{key}=..."
+            )
+        sections[section] = apply_values(obj, {key: value}, section)
+
+
+def _split_defaults(defaults: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    items = []
+    for dotted, value in defaults.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(f"Default key '{dotted}' has no valid section")
+        items.append((section, key, value))
+    return items
+
+
+def resolve(method: str, benchmark: str, seed: int, preset_name: str | None,
+            overrides: Sequence[Override] = (), selected: Sequence[str] | None = None) -> PlannedRun:
+    """Resolve one run's config: defaults < benchmark < method < preset < overrides."""
+    method_cls = METHODS.get(method)
+    bench_cls = BENCHMARKS.get(benchmark)
+    selected = list(selected or [method])
+    user = _route(overrides, method, selected)
+
+    def fresh() -> dict[str, Any]:
+        return {"engine": EngineConfig(), "train": TrainConfig(), "backbone": BackboneConfig(),
+                "benchmark": bench_cls.Config(), "method": method_cls.Config()}
+
+    # The benchmark setting (e.g. n_tasks) decides which preset variant applies.
+    probe = fresh()
+    _apply(probe, [i for i in _split_defaults(bench_cls.defaults) + user if i[0] == "benchmark"], method)
+    preset = find_preset(preset_name, method, benchmark, to_plain(probe["benchmark"]))
+
+    sections = fresh()
+    _apply(sections, _split_defaults(bench_cls.defaults), method)
+    _apply(sections, _split_defaults(method_cls.defaults), method)
+    if preset is not None:
+        _apply(sections, _split_defaults(preset.values), method)
+    _apply(sections, user, method)
+    config = RunConfig(method=method, benchmark=benchmark, seed=seed, preset=preset.name if preset else None,
+                       engine=sections["engine"], train=sections["train"], backbone=sections["backbone"],
+                       benchmark_cfg=sections["benchmark"], method_cfg=sections["method"])
+    return PlannedRun(config, preset, list(overrides))
+
+
+def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: str | None = None,
+         overrides: Sequence[Override] = ()) -> list[PlannedRun]:
+    """Resolve and validate every run of a request before any of them starts."""
+    if not methods:
+        raise ConfigError("No methods given. Pass --methods, e.g. --methods sdlora,inflora (see 'clbench list').")
+    runs = [resolve(m, benchmark, s, preset, overrides, methods) for m in methods for s in seeds]
+    for run in runs:  # every input check first, then the first write
+        cfg = run.config
+        resolve_precision(cfg.engine.precision, resolve_device(cfg.engine.device))
+        _check_weights(cfg.backbone)
+    for out in {run.config.engine.output_dir for run in runs}:
+        ensure_writable(Path(out))
+    return runs
+
+
+def _check_weights(cfg: BackboneConfig) -> None:
+    """A missing local weights file is an input error: report it before any run starts."""
+    _, _, bundled = _resolve_spec(cfg.name)
+    if cfg.weights == "auto":
+        check_bundled(cfg.name, bundled)
+    if cfg.weights not in ("auto", "none", "hub") and not Path(cfg.weights).expanduser().exists():
+        raise WeightsError(
+            f"Weights file {cfg.weights} for backbone '{cfg.name}' does not exist. Check the path in "
+            f"backbone.weights, or use --set backbone.weights=auto to use the Hugging Face cache."
+        )
+
+
+class DataCache:
+    """Loads each benchmark configuration once per process (runs of several methods share it)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+
+    def get(self, config: RunConfig) -> Any:
+        bench = BENCHMARKS.get(config.benchmark)()
+        key = repr((config.benchmark, dataclasses.replace(config.benchmark_cfg, order_seed=None, class_order="natural")))
+        if key not in self._data:
+            self._data[key] = bench.load(config.benchmark_cfg)
+        return bench, self._data[key]
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def build(cfg: RunConfig, cache: DataCache | None = None) -> tuple[Any, Any, Any]:
+    """(benchmark data, stream, freshly built method) for a resolved config, seeded."""
+    from .methods.base import StreamInfo
+
+    bench, data = (cache or DataCache()).get(cfg)
+    stream = bench.stream(data, cfg.benchmark_cfg, cfg.seed)
+    seed_everything(cfg.seed, cfg.engine.deterministic)
+    backbone = create_backbone(cfg.backbone)
+    info = StreamInfo(stream.n_classes, tuple((t.lo, t.hi) for t in stream.tasks))
+    return data, stream, METHODS.get(cfg.method)(cfg.method_cfg, backbone, info)
+
+
+def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: DataCache | None = None,
+            on_task: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Execute one planned run and return its final record."""
+    cfg = run.config
+    progress = progress or ProgressReporter(enabled=False)
+    data, stream, method = build(cfg, cache)
+    backbone = method.backbone
+    device = resolve_device(cfg.engine.device)
+    per_task, per_class = stream.test_counts()
+    run_dir = new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)
+    recorder = RunRecorder(run_dir, {
+        "run_id": run_dir.name,
+        "method": cfg.method, "benchmark": cfg.benchmark, "seed": cfg.seed, "preset": cfg.preset,
+        "config": cfg.to_dict(),
+        "overrides": [[k, str(v)] for k, v in run.overrides],
+        "protocol": {
+            "class_order": stream.order.tolist(), "order_id": stream.order_id(),
+            "split_id": data.split_id, "label_map_id": data.label_map_id, "data_info": _jsonable(data.info),
+            "n_classes": stream.n_classes, "n_tasks": stream.n_tasks,
+            "task_ranges": [[t.lo, t.hi] for t in stream.tasks],
+            "backbone": cfg.backbone.name, "weights": backbone.weights.to_dict(),
+            "input_norm": cfg.backbone.input_norm, "logit_mask": cfg.train.logit_mask,
+            "evaluation": "after each task; test data of all seen classes; one head over seen classes; no task id",
+        },
+        "comparable": True, "noncomparable_reasons": [],
+        "test_counts": {"per_task": per_task, "per_class": per_class},
+        "paper": run.preset.reported.to_dict() if run.preset and run.preset.reported else None,
+        "environment": environment(),
+        "engine": engine_summary(cfg.engine, device, resolve_precision(cfg.engine.precision, device)),
+        "params": {"backbone": sum(p.numel() for p in backbone.parameters())},
+        "run_dir": str(run_dir),
+    })
+
+    def task_end(task: Any, result: dict[str, Any]) -> None:
+        entry = {
+            "index": task.index, "classes": list(task.classes), "lo": task.lo, "hi": task.hi,
+            "n_train": len(stream.train_data(task.index, cumulative=method.cumulative_data)),
+            **result,
+            "method_log": _jsonable(method.task_log()),
+            "state": save_state(run_dir, task.index, method.task_state(), cfg.engine.save_task_state),
+        }
+        recorder.record["comparable"] = not method.noncomparable
+        recorder.record["noncomparable_reasons"] = list(method.noncomparable)
+        recorder.add_task(entry)
+        a_t = recorder.record["accuracy_curve"][-1]
+        progress.log(f"  {cfg.method} seed {cfg.seed} · task {task.index + 1}/{stream.n_tasks}: "
+                     f"A_t {a_t:.2f}% · train {result['train_s']:.1f}s · eval {result['eval_s']:.1f}s")
+        if on_task is not None:
+            on_task(recorder.record)
+
+    trainer = Trainer(method, stream, cfg, progress=progress, on_task_end=task_end)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        recorder.finish("interrupted", "interrupted by the user")
+        raise
+    except BaseException as exc:
+        recorder.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    return recorder.finish("complete")

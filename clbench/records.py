@@ -1,0 +1,202 @@
+"""Run records: one directory per run, one JSON record, written atomically.
+
+Layout of a run directory (``<output_dir>/<benchmark>/<method>/<stamp>-s<seed>-<random>/``)::
+
+    record.json              the record (schema: clbench/record_schema.json, docs/record.md)
+    state/task_00.safetensors  the method's per-task state (adapters, prompts, heads)
+
+The record is rewritten after every task (``status: running``) and once more at the end
+(``complete``, ``failed`` or ``interrupted``), always through a temporary file and
+``os.replace``, so a reader never sees a half-written file and a crash keeps every finished
+task. Directory names carry a random suffix and are created with ``mkdir`` (which fails if
+the name exists), so concurrent runs never share a directory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import metrics
+from .errors import OutputError
+
+SCHEMA_VERSION = 1
+RECORD_NAME = "record.json"
+SCHEMA_PATH = Path(__file__).parent / "record_schema.json"
+STATE_LIMIT_BYTES = 64 << 20  # save_task_state=auto keeps per-task states up to this size
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _os_error(path: Path, exc: OSError) -> OutputError:
+    return OutputError(
+        f"Cannot write {path}: {exc.strerror or exc}. Free disk space or choose a writable "
+        f"directory with --output-dir (or --set engine.output_dir=...); records already "
+        f"written are untouched."
+    )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise _os_error(path, exc) from exc
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+
+
+def ensure_writable(directory: Path) -> None:
+    """Create ``directory`` and prove it is writable, before any run starts."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise _os_error(directory, exc) from exc
+
+
+def new_run_dir(output_dir: Path, benchmark: str, method: str, seed: int) -> Path:
+    """Create a fresh, never reused run directory."""
+    parent = Path(output_dir) / benchmark / method
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            run_dir = parent / f"{stamp}-s{seed}-{secrets.token_hex(3)}"
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise _os_error(parent, exc) from exc
+
+
+def environment() -> dict[str, Any]:
+    """Versions, git commit and machine facts for the record."""
+    versions = {"python": platform.python_version()}
+    for pkg in ("clbench", "torch", "torchvision", "timm", "numpy", "safetensors"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "versions": versions,
+        "git": git_info(Path(__file__).resolve().parent.parent),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "argv": sys.argv,
+    }
+
+
+def git_info(path: Path) -> dict[str, Any]:
+    def run(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+
+
+def save_state(run_dir: Path, index: int, state: Mapping[str, Any], policy: str) -> dict[str, Any] | None:
+    """Save a task's state as safetensors (per ``engine.save_task_state``); its record entry.
+
+    Non-tensor entries (``_extra_state``) go into the file's metadata as JSON; read the file
+    back with :func:`clbench.engine.state.load_state_file`.
+    """
+    if policy == "never" or not state:
+        return None
+    from safetensors.torch import save
+
+    from .engine.state import split_extra
+
+    tensors, meta = split_extra(state)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    if policy == "auto" and size > STATE_LIMIT_BYTES:
+        return {"file": None, "bytes": size, "skipped": "larger than 64 MB; set engine.save_task_state=always"}
+    (run_dir / "state").mkdir(exist_ok=True)
+    rel = f"state/task_{index:02d}.safetensors"
+    atomic_write_bytes(run_dir / rel, save(tensors, metadata=meta or None))
+    return {"file": rel, "bytes": size}
+
+
+class RunRecorder:
+    """Accumulates a run's record and rewrites ``record.json`` after every change."""
+
+    def __init__(self, run_dir: Path, header: dict[str, Any]):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / RECORD_NAME
+        self.record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "status": "running",
+                                       "created": now(), "finished": None, **header, "tasks": []}
+        self._refresh()
+
+    def add_task(self, entry: dict[str, Any]) -> None:
+        self.record["tasks"].append(entry)
+        self._refresh()
+
+    def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
+        self.record["status"] = status
+        self.record["finished"] = now()
+        if error:
+            self.record["error"] = error
+        self._refresh()
+        return self.record
+
+    def _refresh(self) -> None:
+        """Derive the matrix and metrics from the per-class counts, then write atomically."""
+        rec = self.record
+        tasks = rec["tasks"]
+        ranges = [tuple(r) for r in rec["protocol"]["task_ranges"]]
+        if tasks:
+            matrix, counts = metrics.matrix_from_counts(
+                [t["correct_per_class"] for t in tasks], rec["test_counts"]["per_class"], ranges)
+            rec["accuracy_matrix"] = matrix
+            rec["metrics"] = metrics.summarize(matrix, counts[: len(matrix)])
+            rec["accuracy_curve"] = metrics.accuracy_curve(matrix, counts[: len(matrix)]).tolist()
+        else:
+            rec["accuracy_matrix"], rec["metrics"], rec["accuracy_curve"] = [], None, []
+        rec["timing"] = {"train_s": sum(t["train_s"] for t in tasks), "eval_s": sum(t["eval_s"] for t in tasks)}
+        atomic_write_json(self.path, rec)
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    """Read a record (a ``record.json`` path or its run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECORD_NAME
+    with open(path) as fh:
+        return json.load(fh)
