@@ -1,0 +1,9 @@
+"""Continual-learning methods, one module each. Importing this package registers them.
+
+The folder is ``methods/`` in the repository and installs as ``clbench.methods``.
+"""
+
+from . import finetune, lora, simplecil  # noqa: F401  (register the baselines)
+from .base import CLMethod, Phase, StepOutput, StreamInfo
+
+__all__ = ["CLMethod", "Phase", "StepOutput", "StreamInfo"]

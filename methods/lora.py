@@ -1,0 +1,49 @@
+"""``lora``: one vanilla LoRA on q and v, trained on every task (the LoRA baseline)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from clbench.adapters import QKVLowRank
+from clbench.config import MethodConfig
+from clbench.heads import IncrementalLinear
+from clbench.registry import register_method
+
+from .base import CLMethod, StepOutput
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    rank: int = 10
+    targets: str = "qv"  # which slices of the fused qkv get the adapter
+
+
+@register_method("lora")
+class LoRA(CLMethod):
+    """One LoRA (rank r) on q and v of every block, trained on every task, plus a linear head."""
+
+    Config = LoRAConfig
+    defaults = {"train.logit_mask": "current"}
+
+    def __init__(self, cfg: LoRAConfig, backbone, info):
+        super().__init__(cfg, backbone, info)
+        self.freeze_backbone()
+        self.adapter = QKVLowRank(backbone, targets=cfg.targets)
+        self.head = IncrementalLinear(backbone.embed_dim)
+
+    def before_task(self, task) -> None:
+        if self.adapter.A is None:
+            self.adapter.add_branch(self.cfg.rank)
+        self.head.grow(task.hi)
+
+    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+        return StepOutput(self.head(self.backbone(x)))
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+    def eval_context(self) -> contextlib.AbstractContextManager:
+        return self.adapter.merged()
