@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
 from rich.table import Table
 
 from .errors import ClbenchError, ConfigError, DataError
@@ -68,7 +69,7 @@ def real_benchmark(name: str, data_root: Path | None, set_: list[str] | None, ca
 
 def _progress(transfer: bool = False) -> Progress:
     columns = [TextColumn("{task.description}"), BarColumn()]
-    columns += [DownloadColumn(), TransferSpeedColumn()] if transfer else [TextColumn("{task.completed:,}/{task.total:,}")]
+    columns += [DownloadColumn(), TransferSpeedColumn()] if transfer else [MofNCompleteColumn()]
     return Progress(*columns, TimeRemainingColumn(), console=err_console, transient=True)
 
 
@@ -164,7 +165,7 @@ def download(
     root.mkdir(parents=True, exist_ok=True)
     if not force and not archive:
         try:
-            bench.lists(cfg)
+            bench.summary(cfg)
             console.print(f"{benchmark} is already in place under {root}; nothing to download (--force downloads anyway).")
             return
         except DataError:
@@ -193,8 +194,7 @@ def download(
         state = "checksum verified" if result["verified"] else f"no published checksum; sha256 {result['sha256']}"
         console.print(f"  {src.filename}: {state}; in {result['into']}", highlight=False)
     try:
-        lists = bench.lists(cfg)
-        console.print(f"{benchmark}: {len(lists.train):,} train and {len(lists.test):,} test images in place.")
+        console.print(f"{benchmark}: {bench.summary(cfg)} in place.")
     except DataError as exc:
         raise DataError(f"The files are unpacked, but {benchmark} is not complete yet: {exc}") from None
 
