@@ -114,3 +114,11 @@ def test_simplecil_gives_identical_results_from_files_and_from_the_cache(data, t
         sb = load_state_file(f"{rec_cache['run_dir']}/{b['state']['file']}")
         tensors = [k for k, v in sa.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
         assert tensors and all(torch.equal(sa[k], sb[k]) for k in tensors)
+
+
+def test_the_data_speed_measurement_runs():
+    from clbench.data import speed
+
+    result = speed.run(n_images=6, size=(64, 48), workers=[0], image_size=32, min_seconds=0.01, log=lambda *a: None)
+    assert [(r["transform"], r["workers"]) for r in result["rows"]] == [("train", 0), ("eval", 0)]
+    assert all(r["files_img_s"] > 0 and r["cache_img_s"] > 0 for r in result["rows"])

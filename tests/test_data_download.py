@@ -164,3 +164,23 @@ def test_clbench_data_download_with_a_hand_fetched_archive(tmp_path, monkeypatch
     monkeypatch.setattr(inr.ImageNetR, "sources", real_sources)
     nothing = CliRunner().invoke(app, ["data", "download", "imagenet_r", "--data-root", str(tmp_path / "empty"), "--no-progress"])
     assert nothing.exit_code == 2 and "no direct download link" in nothing.output and "RevisitingCIL" in nothing.output
+
+
+def test_the_coda_lists_are_served_verified_and_placed_where_runs_look(server, tmp_path):
+    from test_data_splits import CODA, CODA_SHA
+
+    if CODA is None:
+        pytest.skip("CODA-Prompt split files not found in ../shared/splits/coda-prompt")
+    from clbench.benchmarks.imagenet_r import ImageNetR, ImageNetRConfig
+
+    sources = [s for s in ImageNetR().sources(ImageNetRConfig(split="coda")) if s.filename.endswith(".yaml")]
+    assert [s.sha256 for s in sources] == [CODA_SHA["train"], CODA_SHA["test"]]
+    for s in sources:
+        server.files[s.filename] = (CODA / s.filename).read_bytes()
+        result = install(s, tmp_path, mirror=server.url)
+        assert result["verified"] and (tmp_path / "splits" / "coda-prompt" / s.filename).is_file()
+    server.files[sources[1].filename] += b"# edited\n"
+    (tmp_path / "splits" / "coda-prompt" / sources[1].filename).unlink()
+    with pytest.raises(DataError, match="should have 57275ac2"):
+        install(sources[1], tmp_path, mirror=server.url)
+    assert not (tmp_path / "splits" / "coda-prompt" / sources[1].filename).exists()
