@@ -259,12 +259,19 @@ class RealBenchmark(Benchmark):
             got = file_digest(path, algorithm)
             findings.append(Finding(got == want, "checksum", f"{path}: {algorithm} {got}" + (
                 "" if got == want else f", expected {want}: the file is corrupt or another version; download it again.")))
+        for src in self.sources(cfg) if decode else []:  # archives kept beside the dataset
+            archive = dataset_dir.parent / src.subdir / src.filename
+            if src.checksum and src.unpack and archive.is_file():
+                algorithm, want = src.checksum
+                got = file_digest(archive, algorithm)
+                findings.append(Finding(got == want, "archive", f"{archive}: {algorithm} {got}" + (
+                    "" if got == want else f", published {want}: the archive is corrupt or another version.")))
         if decode:
             bad = scan_images(lists, workers, on_progress)
             if bad:
-                lines = "; ".join(f"{s}/{p}: {why}" for s, p, why in bad)
-                findings.append(Finding(False, "images", f"{len(bad)} unreadable: {lines}. Replace or delete these files "
-                                        f"(or run with --set benchmark.skip_bad_images=true)."))
+                lines = "".join(f"\n  {s}/{p}: {why}" for s, p, why in bad)
+                findings.append(Finding(False, "images", f"{len(bad)} unreadable image(s) under {dataset_dir}:{lines}\n"
+                                        f"Replace or delete these files (or run with --set benchmark.skip_bad_images=true)."))
             else:
                 findings.append(Finding(True, "images", f"all {len(lists.train) + len(lists.test):,} decode"))
         pipe = self.pipeline(cfg)

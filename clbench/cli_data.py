@@ -127,7 +127,7 @@ def check(
     for col in ("", "check", "result"):
         table.add_column(col, overflow="fold")
     for f in findings:
-        table.add_row("[green]ok[/]" if f.ok else "[red]FAIL[/]", f.what, f.detail if f.ok else f.detail.split(". ")[0])
+        table.add_row("[green]ok[/]" if f.ok else "[red]FAIL[/]", f.what, f.detail if f.ok else f.detail.splitlines()[0].split(". ")[0])
     console.print(table)
     problems = [f for f in findings if not f.ok]
     for f in problems:

@@ -54,6 +54,11 @@ def test_data_check_names_layout_count_and_root_problems(tmp_path):
     assert invoke("data", "check", "shapes").exit_code == 2
     listing = invoke("data", "list", "--data-root", tmp_path)
     assert listing.exit_code == 0 and "imagenet_r" in listing.output and "yes (imagenet-r)" in listing.output
+    aper = tmp_path / "aper"
+    ff.presplit(aper, "imagenet-r", ff.wnids(2), 2, 1)
+    ff.archive(aper / "imagenet-r", aper / "imagenet-r.zip")  # an archive kept beside the dataset is verified too
+    kept = invoke("data", "check", "imagenet_r", "--data-root", aper, "--set", "benchmark.check_counts=false")
+    assert kept.exit_code == 2 and "published 730aa3fb9c7d2ec0b6381c6b23040681" in kept.output
 
 
 def test_cifar_check_verifies_the_published_file_checksums(tmp_path):

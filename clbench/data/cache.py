@@ -156,6 +156,8 @@ def build_cache(benchmark: str, lists: SplitLists, pipe: Pipeline, root: Path, w
     final = cache_dir(root, benchmark, lists, pipe)
     if read_meta(final) is not None:
         return final, read_meta(final)
+    if final.exists():  # damaged (no readable meta.json): build it again
+        shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     need = estimate_bytes([lists.train, lists.test], pipe)
     free = shutil.disk_usage(final.parent).free

@@ -49,7 +49,7 @@ def open_rgb(path: str | os.PathLike, benchmark: str = "<benchmark>") -> Image.I
             return img.convert("RGB")
     except FileNotFoundError:
         raise BadImageError(f"Image file {path} is missing. {bad_image_fix(benchmark)}", "file missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
         raise BadImageError(f"Cannot decode image {path} ({problem}). {bad_image_fix(benchmark)}", problem) from None
 

@@ -107,8 +107,7 @@ def image_folder(directory: Path, what: str) -> tuple[list[str], list[str], np.n
     empty = []
     for label, name in enumerate(classes):
         before = len(paths)
-        for dirpath, dirnames, filenames in sorted(os.walk(directory / name, followlinks=True)):
-            dirnames.sort()
+        for dirpath, _, filenames in sorted(os.walk(directory / name, followlinks=True)):
             for fname in sorted(filenames):
                 if fname.lower().endswith(IMG_EXTENSIONS):
                     full = os.path.join(dirpath, fname)
