@@ -97,7 +97,7 @@ def test_wrong_layout_is_explained(tmp_path, cache_dir, split, wrong):
     assert str(tmp_path / "imagenet-r") in str(exc.value)
 
 
-def test_missing_data_root_says_what_to_download_and_where(tmp_path, cache_dir):
+def test_missing_data_root_says_what_to_download_and_where(tmp_path, cache_dir, monkeypatch):
     bench, cfg = bench_cfg("imagenet_r", tmp_path)
     cfg.data_root = None
     with pytest.raises(DataError, match=r"--data-root DIR \(or set CLBENCH_DATA_ROOT=DIR\).*imagenet-r/train/<wnid>.*"
@@ -110,6 +110,9 @@ def test_missing_data_root_says_what_to_download_and_where(tmp_path, cache_dir):
     ff.presplit(tmp_path / "elsewhere", "renamed", ff.wnids(2), 2, 1)
     data = load("imagenet_r", tmp_path, path=str(tmp_path / "elsewhere" / "renamed"))
     assert len(data.train) == 4
+    monkeypatch.setenv("CLBENCH_DATA_ROOT", str(tmp_path / "elsewhere"))  # the environment variable is the fallback
+    (tmp_path / "elsewhere" / "renamed").rename(tmp_path / "elsewhere" / "imagenet-r")
+    assert len(bench.load(cfg).train) == 4
 
 
 def test_imagenet_a_presplit_and_seeded(tmp_path, cache_dir):
