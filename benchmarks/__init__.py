@@ -1,6 +1,7 @@
 """Benchmarks (one module each) and the paper presets. Importing this package registers them."""
 
 from . import random_images, shapes  # noqa: F401  (register the built-in benchmarks)
+from . import aper, cifar100, cub200, domainnet, imagenet_a, imagenet_r  # noqa: F401  (real benchmarks)
 from . import presets  # noqa: F401  (registers the presets)
 
 DEFAULT_BENCHMARK = "shapes"

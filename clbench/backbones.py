@@ -30,7 +30,8 @@ from torch import nn
 from .config import BackboneConfig
 from .errors import RegistryError, WeightsError, closest
 from .registry import BACKBONES, register_backbone
-from .weights import WeightsInfo, check_sha256, find_in_hf_cache, hf_repo_id, load_weights_file
+from .weights import (WeightsInfo, check_sha256, find_in_hf_cache, hf_offline, hf_repo_id, load_weights_file,
+                      missing_weights_message, pretrained_identity, state_sha256)
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -206,6 +207,12 @@ def _resolve_spec(name: str) -> tuple[str, dict[str, Any], Path | None]:
             f"(e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k; see timm.list_pretrained()) or "
             f"a clbench backbone: {', '.join(BACKBONES.names())}."
         )
+    if "." in name and name not in timm.list_pretrained(f"{arch}.*"):
+        tags = timm.list_pretrained(f"{arch}.*")
+        raise RegistryError(
+            f"timm has no pretrained tag '{name.split('.', 1)[1]}' for '{arch}'.{closest(name, tags)} "
+            f"Its tags: {', '.join(t.split('.', 1)[1] for t in tags) or '(none)'}."
+        )
     return name, {}, None
 
 
@@ -226,26 +233,30 @@ def create_backbone(cfg: BackboneConfig) -> Backbone:
     if weights == "auto":
         check_bundled(cfg.name, bundled)
         weights = str(bundled) if bundled is not None else "cache-or-hub"
+    tag = pretrained_identity(timm_name)[0] if bundled is None else cfg.name
     if weights == "none":
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
-        info = WeightsInfo("random", None, None)
+        info = WeightsInfo("random", None, None, tag)
     elif weights in ("hub", "cache-or-hub"):
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
-        cached = find_in_hf_cache(hf_repo_id(model)) if hf_repo_id(model) else None
+        repo_id = hf_repo_id(model)
+        cached = find_in_hf_cache(repo_id) if repo_id else None
         if cached is not None:
             load_weights_file(model, cached, cfg.name)
-            info = WeightsInfo("hf-cache", str(cached), check_sha256(cached, cfg.weights_sha256))
+            info = WeightsInfo("hf-cache", str(cached), check_sha256(cached, cfg.weights_sha256), tag)
         else:
+            if repo_id and hf_offline():
+                raise WeightsError(missing_weights_message(cfg.name, repo_id, "HF_HUB_OFFLINE is set, so they cannot be downloaded"))
             model = _from_hub(timm_name, kwargs, cfg.name)
             cached = find_in_hf_cache(hf_repo_id(model)) if hf_repo_id(model) else None
-            digest = check_sha256(cached, cfg.weights_sha256) if cached else None
-            info = WeightsInfo("hub", str(cached) if cached else None, digest)
+            digest = check_sha256(cached, cfg.weights_sha256) if cached else state_sha256(model)
+            info = WeightsInfo("hub", str(cached) if cached else None, digest, tag)
     else:
         path = Path(weights).expanduser()
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
         load_weights_file(model, path, cfg.name)
         source = "bundled" if bundled is not None and path == bundled else "file"
-        info = WeightsInfo(source, str(path), check_sha256(path, cfg.weights_sha256))
+        info = WeightsInfo(source, str(path), check_sha256(path, cfg.weights_sha256), tag)
     return Backbone(model, cfg.name, info, cfg.input_norm)
 
 
@@ -253,11 +264,6 @@ def _from_hub(timm_name: str, kwargs: dict[str, Any], name: str) -> nn.Module:
     try:
         return timm.create_model(timm_name, pretrained=True, **kwargs)
     except Exception as exc:
-        repo = f"timm/{timm_name}" if "." in timm_name else timm_name
-        raise WeightsError(
-            f"Pretrained weights for backbone '{name}' are not in the local Hugging Face cache "
-            f"and could not be downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
-            f"On a machine with internet run 'huggingface-cli download {repo}' and copy the "
-            f"cache (~/.cache/huggingface/hub) here (set HF_HUB_OFFLINE=1), or pass a local file "
-            f"with --set backbone.weights=/path/to/model.safetensors."
-        ) from exc
+        repo = pretrained_identity(timm_name)[1] or f"timm/{timm_name}"
+        reason = f"could not be downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        raise WeightsError(missing_weights_message(name, repo, reason)) from exc

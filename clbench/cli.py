@@ -219,6 +219,10 @@ def bench(
         json_out.write_text(json.dumps(rows, indent=1))
 
 
+from .cli_data import data_app  # noqa: E402  (clbench data ...)
+app.add_typer(data_app, name="data")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="clbench")

@@ -26,6 +26,7 @@ from .errors import ConfigError, WeightsError
 from .presets import Preset, find_preset
 from .records import RunRecorder, environment, ensure_writable, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
+from .weights import check_available
 
 Override = tuple[str, Any]  # (dotted key, value); values may be command-line strings
 
@@ -131,9 +132,11 @@ def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: s
 
 def _check_weights(cfg: BackboneConfig) -> None:
     """A missing local weights file is an input error: report it before any run starts."""
-    _, _, bundled = _resolve_spec(cfg.name)
+    timm_name, _, bundled = _resolve_spec(cfg.name)
     if cfg.weights == "auto":
         check_bundled(cfg.name, bundled)
+    if cfg.weights in ("auto", "hub") and bundled is None:
+        check_available(timm_name, cfg.name)  # offline and not cached: say what to download, before any run
     if cfg.weights not in ("auto", "none", "hub") and not Path(cfg.weights).expanduser().exists():
         raise WeightsError(
             f"Weights file {cfg.weights} for backbone '{cfg.name}' does not exist. Check the path in "
