@@ -62,8 +62,8 @@ class RealBenchmark(Benchmark):
 
     Config: ClassVar[type[RealBenchmarkConfig]] = RealBenchmarkConfig
     defaults: ClassVar[dict[str, Any]] = {
-        "backbone.name": SDLORA_BACKBONE, "backbone.input_norm": "none", "benchmark.order_seed": 1993,
-    }
+        "backbone.name": SDLORA_BACKBONE, "backbone.input_norm": "none",
+    }  # the class order follows the run seed (PILOT/SD-LoRA: --seeds 1993 gives the 1993 order)
     name: ClassVar[str] = ""  # the registered name
     title: ClassVar[str] = ""  # e.g. 'ImageNet-R'
     n_classes: ClassVar[int] = 0

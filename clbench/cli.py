@@ -105,8 +105,8 @@ def run(
         overrides.append(("benchmark.data_root", str(data_root)))
     if not progress:
         overrides.append(("engine.progress", "false"))
-    runs = plan(split_list(methods), benchmark, parse_seeds(seeds), preset, overrides)
     cache = DataCache()
+    runs = plan(split_list(methods), benchmark, parse_seeds(seeds), preset, overrides, cache)
     records = []
     with ProgressReporter(err_console, enabled=runs[0].config.engine.progress) as reporter:
         for run_ in runs:

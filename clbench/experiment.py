@@ -116,8 +116,13 @@ def resolve(method: str, benchmark: str, seed: int, preset_name: str | None,
 
 
 def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: str | None = None,
-         overrides: Sequence[Override] = ()) -> list[PlannedRun]:
-    """Resolve and validate every run of a request before any of them starts."""
+         overrides: Sequence[Override] = (), cache: DataCache | None = None) -> list[PlannedRun]:
+    """Resolve and validate every run of a request before any of them starts.
+
+    Checks names, keys, types, devices, weights and the benchmark data (loaded into
+    ``cache``, which :func:`execute` reuses) before the first write, so bad input leaves
+    nothing behind.
+    """
     if not methods:
         raise ConfigError("No methods given. Pass --methods, e.g. --methods sdlora,inflora (see 'clbench list').")
     runs = [resolve(m, benchmark, s, preset, overrides, methods) for m in methods for s in seeds]
@@ -125,6 +130,8 @@ def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: s
         cfg = run.config
         resolve_precision(cfg.engine.precision, resolve_device(cfg.engine.device))
         _check_weights(cfg.backbone)
+        if cache is not None:
+            cache.get(cfg)
     for out in {run.config.engine.output_dir for run in runs}:
         ensure_writable(Path(out))
     return runs
