@@ -1,6 +1,6 @@
 """Benchmarks (one module each) and the paper presets. Importing this package registers them."""
 
 from . import random_images, shapes  # noqa: F401  (register the built-in benchmarks)
-from . import presets  # noqa: F401  (registers the presets)
+from . import presets, presets_lora  # noqa: F401  (register the presets)
 
 DEFAULT_BENCHMARK = "shapes"
