@@ -8,18 +8,23 @@ shared by every LoRA-style method; a method decides what is trained and how bran
 Speed by construction:
 
 * branches of finished tasks are *frozen* and stored concatenated along the rank axis, so
-  the forward of block ``l`` is one GEMM ``x @ [A_frozen; A_current]ᵀ`` for all its
-  projections and one GEMM per projection for the up-projection, whatever the task count;
-  their normalisation (e.g. SD-LoRA's ``1/(‖A‖‖B‖)``) is folded into the stored factors
-  once, when a branch is frozen;
+  the forward of block ``l`` is one GEMM ``x @ A_frozenᵀ`` for all its projections and one
+  GEMM per projection for the up-projection, whatever the task count; the frozen and the
+  current branch are separate products, so backward computes weight gradients only for the
+  current factors. Normalisations (e.g. SD-LoRA's ``1/(‖A‖‖B‖)``) are folded into the
+  stored factors once, when a branch is frozen;
 * per-branch scales (e.g. SD-LoRA's magnitudes) are applied as a per-rank-column scale,
   computed once per forward by ``scale_fn`` and shared by all blocks;
 * branches with fixed scales can be merged into the ``qkv`` weight when frozen
-  (``freeze_current(merge=True)``: InfLoRA), and :meth:`merged` folds everything into the
-  weight for evaluation, so inference costs exactly a plain ViT forward.
+  (``freeze_current(merge=True)``: InfLoRA); their factors are kept in the module's state
+  and re-merged when a saved state is loaded into a fresh module, so the weights never
+  need saving. :meth:`merged` folds everything into the weight for evaluation, so
+  inference costs exactly a plain ViT forward.
 
-The hooks modify timm's modules only through ``register_forward_hook``; the backbone's
-parameters keep their names.
+The hooks modify timm's modules only through forward hooks; the backbone's parameters keep
+their names. :meth:`input_covariance` collects the uncentred covariance of the qkv inputs
+(InfLoRA's subspace design) on the compute device. :func:`lowrank_inner` gives Frobenius
+inner products of low-rank products from r×r Gram matrices, never a d×d matrix.
 """
 
 from __future__ import annotations
@@ -40,6 +45,39 @@ QKV_INDEX = {"q": 0, "k": 1, "v": 2}
 ScaleFn = Callable[[], tuple[Tensor | None, Tensor | float | None]]
 
 
+def lowrank_inner(A1: Tensor, B1: Tensor, A2: Tensor, B2: Tensor) -> Tensor:
+    """Frobenius inner products of rank-one terms: entry (i, j) is ⟨B1[:, i] A1[i], B2[:, j] A2[j]⟩.
+
+    ``A*`` are (..., R*, d_in), ``B*`` are (..., d_out, R*); the result is (..., R1, R2), the
+    elementwise product of the Gram matrices ``B1ᵀB2`` and ``A1A2ᵀ``. Summing a block of it
+    gives ``⟨B1 A1, B2 A2⟩_F`` of the corresponding branches.
+    """
+    return (B1.transpose(-1, -2) @ B2) * (A1 @ A2.transpose(-1, -2))
+
+
+def product_norm(A: Tensor, B: Tensor) -> Tensor:
+    """‖B A‖_F over the last two dims of ``B @ A`` (batched), from r×r Grams."""
+    return lowrank_inner(A, B, A, B).sum(dim=(-1, -2)).clamp_min(0).sqrt()
+
+
+class InputCovariance:
+    """Running sums of ``x xᵀ`` (float64, on the inputs' device) of the adapted qkv inputs."""
+
+    def __init__(self, n_blocks: int, dim: int):
+        self.sums: Tensor | None = None
+        self.count: Tensor | None = None
+        self.n_blocks, self.dim = n_blocks, dim
+
+    def add(self, i: int, x: Tensor) -> None:
+        h = x.reshape(-1, self.dim).float()
+        if self.sums is None:
+            self.sums = torch.zeros(self.n_blocks, self.dim, self.dim, dtype=torch.float64, device=h.device)
+            self.count = torch.zeros((), dtype=torch.float64, device=h.device)
+        self.sums[i] += (h.t() @ h).double()
+        if i == 0:
+            self.count += h.shape[0]
+
+
 class QKVLowRank(nn.Module):
     """Low-rank branches on ``targets`` (e.g. ``"qv"``) of the given blocks' fused qkv."""
 
@@ -58,12 +96,19 @@ class QKVLowRank(nn.Module):
         self.frozen_ranks: list[int] = []  # rank of each frozen (unmerged) branch, in order
         self.register_parameter("A", None)  # current branch, (L, P, r, d_in)
         self.register_parameter("B", None)  # current branch, (L, P, d_out, r)
+        # Branches merged into the qkv weights (kept so a fresh module can redo the merge).
+        self.register_buffer("merged_A", None)  # (L, P, R_merged, d_in)
+        self.register_buffer("merged_B", None)  # (L, P, d_out, R_merged), scale and norm folded in
+        self.merged_ranks: list[int] = []
+        self._applied: list[tuple[Tensor, Tensor]] = []  # merges currently in the backbone weights
         self.scale_fn: ScaleFn | None = None
         self._qkv = [backbone.qkv(b) for b in self.block_ids]  # not registered: owned by backbone
-        self._colscale: Tensor | None = None
+        self._starts = [QKV_INDEX[name] * self.d_out for name in self.targets]
+        self._scales: tuple[Tensor | None, Tensor | None] = (None, None)
         self._merged_rows: list[Tensor] | None = None
         for i, module in enumerate(self._qkv):
             module.register_forward_hook(self._make_hook(i), prepend=True)
+        self.register_load_state_dict_post_hook(lambda module, keys: module._redo_merges())
 
     # ------------------------------------------------------------------ branches
     @property
@@ -104,59 +149,94 @@ class QKVLowRank(nn.Module):
 
         ``norm`` (shape (L, P)) divides the branch per projection before it is stored.
         With ``merge``, ``scale · B A / norm`` is added to the qkv weights instead of being
-        stored (for branches whose scale never changes again).
+        stored as a frozen branch (for branches whose scale never changes again); the
+        factors are kept in ``merged_A``/``merged_B`` for :meth:`_redo_merges`.
         """
         if self.A is None:
             raise RuntimeError("no current branch to freeze")
         A, B = self.A.detach(), self.B.detach()
         if norm is not None:
             B = B / norm[..., None, None].to(B)
+        if scale != 1.0:
+            B = B * scale
+        A, B = A.contiguous(), B.contiguous()
         if merge:
-            for i, p, rows in self._rows():
-                self._qkv[i].weight[rows] += scale * (B[i, p] @ A[i, p]).to(self._qkv[i].weight.dtype)
+            self._merge_into_weights(A, B)
+            self.merged_A = A.clone() if self.merged_A is None else torch.cat([self.merged_A, A], dim=2)
+            self.merged_B = B.clone() if self.merged_B is None else torch.cat([self.merged_B, B], dim=3)
+            self.merged_ranks.append(A.shape[2])
         else:
-            if scale != 1.0:
-                B = B * scale
             self.frozen_A = nn.Parameter(torch.cat([self.frozen_A, A], dim=2), requires_grad=False)
             self.frozen_B = nn.Parameter(torch.cat([self.frozen_B, B], dim=3), requires_grad=False)
             self.frozen_ranks.append(A.shape[2])
         self.A = self.B = None
 
-    def get_extra_state(self) -> dict:
-        return {"frozen_ranks": list(self.frozen_ranks)}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.frozen_ranks = list(state["frozen_ranks"])
-
     def drop_current(self) -> None:
         """Discard the current branch (e.g. when SD-LoRA-KD absorbs it into old magnitudes)."""
         self.A = self.B = None
 
+    def get_extra_state(self) -> dict:
+        return {"frozen_ranks": list(self.frozen_ranks), "merged_ranks": list(self.merged_ranks)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.frozen_ranks = list(state["frozen_ranks"])
+        self.merged_ranks = list(state.get("merged_ranks", []))
+
     def _rows(self) -> Iterator[tuple[int, int, slice]]:
         for i in range(len(self.block_ids)):
-            for p, name in enumerate(self.targets):
-                start = QKV_INDEX[name] * self.d_out
+            for p, start in enumerate(self._starts):
                 yield i, p, slice(start, start + self.d_out)
 
+    @torch.no_grad()
+    def _merge_into_weights(self, A: Tensor, B: Tensor, sign: float = 1.0) -> None:
+        """qkv[rows of p] += sign · B[i, p] @ A[i, p] for every block and projection."""
+        for i, p, rows in self._rows():
+            weight = self._qkv[i].weight
+            delta = (B[i, p] @ A[i, p]).to(device=weight.device, dtype=weight.dtype)
+            weight[rows] += delta if sign == 1.0 else -delta
+        if sign == 1.0:
+            self._applied.append((A, B))
+
+    @torch.no_grad()
+    def _redo_merges(self) -> None:
+        """After loading a state: make the qkv weights carry exactly the merges in the state.
+
+        On a fresh module (pretrained weights) the merges are applied task by task with the
+        same operations as during training, so the weights are bit-identical; merges that a
+        used module had applied are first subtracted (exact up to rounding).
+        """
+        if self._merged_rows is not None:
+            raise RuntimeError("cannot load a state inside merged()")
+        for A, B in reversed(self._applied):
+            self._merge_into_weights(A, B, sign=-1.0)
+        self._applied = []
+        start = 0
+        for rank in self.merged_ranks:
+            A = self.merged_A[:, :, start:start + rank].contiguous()
+            B = self.merged_B[..., start:start + rank].contiguous()
+            self._merge_into_weights(A, B)
+            start += rank
+
     # ------------------------------------------------------------------ forward
-    def _column_scales(self) -> Tensor | None:
-        """Per-rank-column scales (L, P, R_frozen + r), or None when all are 1."""
+    def _branch_scales(self) -> tuple[Tensor | None, Tensor | None]:
+        """Column scales of the frozen branches (L, P, R_frozen) and of the current one
+        (L, P, r), each None when all ones."""
         if self.scale_fn is None:
-            return None
+            return None, None
         frozen, current = self.scale_fn()
-        if frozen is None and current is None:
-            return None
         L, P = self.frozen_A.shape[:2]
-        parts = []
         ref = self.frozen_A
-        if self.frozen_rank:
-            f = ref.new_ones(self.frozen_rank) if frozen is None else frozen
-            parts.append(f.expand(L, P, self.frozen_rank) if f.dim() == 1 else f)
-        if self.A is not None:
-            c = ref.new_ones(()) if current is None else torch.as_tensor(current, device=ref.device, dtype=ref.dtype)
+        if frozen is not None and self.frozen_rank:
+            frozen = frozen.expand(L, P, self.frozen_rank) if frozen.dim() == 1 else frozen
+        else:
+            frozen = None
+        if current is not None and self.A is not None:
+            c = torch.as_tensor(current, device=ref.device, dtype=ref.dtype)
             c = c.reshape(L, P, 1) if c.dim() == 2 else c.reshape(1, 1, 1)
-            parts.append(c.expand(L, P, self.rank))
-        return torch.cat(parts, dim=-1) if parts else None
+            current = c.expand(L, P, self.rank)
+        else:
+            current = None
+        return frozen, current
 
     def factors(self, i: int) -> tuple[Tensor, Tensor] | None:
         """Concatenated (A, B) of block index ``i``: (P, R, d_in) and (P, d_out, R)."""
@@ -173,46 +253,72 @@ class QKVLowRank(nn.Module):
             return As[0], Bs[0]
         return torch.cat(As, dim=1), torch.cat(Bs, dim=2)
 
+    def _add_branch_output(self, flat: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor | None) -> None:
+        """flat[:, rows of p] += (x A[p]ᵀ ⊙ scale[p]) B[p]ᵀ for every projection p (in place)."""
+        P, R = A.shape[0], A.shape[1]
+        h = x @ A.reshape(P * R, self.d_in).to(x.dtype).t()
+        if scale is not None:
+            h = h * scale.reshape(P * R).to(h.dtype)
+        h = h.to(flat.dtype)
+        for p, start in enumerate(self._starts):
+            flat[:, start:start + self.d_out].addmm_(h[:, p * R:(p + 1) * R], B[p].to(flat.dtype).t())
+
     def _make_hook(self, i: int) -> Callable:
         def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
             if self._merged_rows is not None:
                 return None
             if i == 0:  # first adapted block of this forward: refresh the shared scales once
-                self._colscale = self._column_scales()
-            factors = self.factors(i)
-            if factors is None:
+                self._scales = self._branch_scales()
+            has_frozen, has_current = self.frozen_rank > 0, self.A is not None
+            if not (has_frozen or has_current):
                 return None
-            A, B = factors
-            P, R = A.shape[0], A.shape[1]
-            x = args[0]
-            h = x.reshape(-1, self.d_in) @ A.reshape(P * R, self.d_in).to(x.dtype).t()
-            if self._colscale is not None:
-                h = h * self._colscale[i].reshape(P * R).to(h.dtype)
-            h = h.to(out.dtype)
+            x = args[0].reshape(-1, self.d_in)
             flat = out.view(-1, out.shape[-1])
-            for p, name in enumerate(self.targets):
-                start = QKV_INDEX[name] * self.d_out
-                flat[:, start:start + self.d_out].addmm_(h[:, p * R:(p + 1) * R], B[p].to(out.dtype).t())
+            frozen_scale, current_scale = self._scales
+            if has_frozen:
+                self._add_branch_output(flat, x, self.frozen_A[i], self.frozen_B[i],
+                                        None if frozen_scale is None else frozen_scale[i])
+            if has_current:
+                self._add_branch_output(flat, x, self.A[i], self.B[i],
+                                        None if current_scale is None else current_scale[i])
             return out
 
         return hook
 
+    @contextlib.contextmanager
+    def input_covariance(self) -> Iterator[InputCovariance]:
+        """Record Σ x xᵀ of every adapted block's qkv input over the forwards run inside.
+
+        The sums (``.sums``: (L, d_in, d_in) float64) and the token count (``.count``) stay
+        on the inputs' device; divide to get InfLoRA's uncentred covariance.
+        """
+        recorder = InputCovariance(len(self.block_ids), self.d_in)
+        handles = [module.register_forward_pre_hook(lambda m, args, i=i: recorder.add(i, args[0]))
+                   for i, module in enumerate(self._qkv)]
+        try:
+            yield recorder
+        finally:
+            for handle in handles:
+                handle.remove()
+
     # ------------------------------------------------------------------ merging
     @torch.no_grad()
     def delta_weight(self, i: int, p: int) -> Tensor:
-        """Dense ΔW (d_out × d_in) that the branches add to projection ``p`` of block index ``i``."""
-        factors = self.factors(i)
-        if factors is None:
-            return self.frozen_A.new_zeros(self.d_out, self.d_in)
-        A, B = factors
-        scales = self._column_scales()
-        Bp = B[p] if scales is None else B[p] * scales[i, p][None, :]
-        return Bp @ A[p]
+        """Dense ΔW (d_out × d_in) that the unmerged branches add to projection ``p`` of block index ``i``."""
+        frozen_scale, current_scale = self._branch_scales()
+        delta = self.frozen_A.new_zeros(self.d_out, self.d_in)
+        if self.frozen_rank:
+            B = self.frozen_B[i, p] if frozen_scale is None else self.frozen_B[i, p] * frozen_scale[i, p][None, :]
+            delta += B @ self.frozen_A[i, p]
+        if self.A is not None:
+            B = self.B[i, p] if current_scale is None else self.B[i, p] * current_scale[i, p][None, :]
+            delta += B @ self.A[i, p]
+        return delta
 
     @contextlib.contextmanager
     def merged(self) -> Iterator[None]:
-        """Fold all branches into the qkv weights (exact restore on exit); hooks are idle."""
-        if self._merged_rows is not None:
+        """Fold all unmerged branches into the qkv weights (exact restore on exit); hooks are idle."""
+        if self._merged_rows is not None or (self.frozen_rank == 0 and self.A is None):
             yield
             return
         saved = []
@@ -233,4 +339,4 @@ class QKVLowRank(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"blocks={self.block_ids}, targets={''.join(self.targets)}, frozen_ranks={self.frozen_ranks}, "
-                f"current_rank={self.rank}")
+                f"merged_ranks={self.merged_ranks}, current_rank={self.rank}")
