@@ -144,14 +144,13 @@ def uniform_(shape: tuple[int, ...]) -> nn.Parameter:
 class SelectionLog:
     """Which prompt (or task) each test sample selected during one evaluation.
 
-    ``add(ids)`` in ``predict`` (ids (B,) or (B, k)), then, if the engine passes labels,
-    ``labels(y)`` compares the first id of each sample with its true task. Counts stay on the
-    device (no sync per batch); :meth:`summary` reads them once.
+    ``add(ids)`` in ``predict`` (ids (B,) or (B, k)); then, for methods whose ids are task ids
+    (``n_tasks`` > 0), ``labels(y, task_of_class)`` compares each sample's first id with its true
+    task. Counts stay on the device (no sync per batch); :meth:`summary` reads them once.
     """
 
-    def __init__(self, n_ids: int, task_of_class: Tensor | None = None, n_tasks: int = 0):
+    def __init__(self, n_ids: int, n_tasks: int = 0):
         self.n_ids = n_ids
-        self.task_of_class = task_of_class  # label -> the id that is "correct" (its task)
         self.n_tasks = n_tasks
         self.active = False
         self._hist: Tensor | None = None
@@ -169,10 +168,10 @@ class SelectionLog:
         self._hist = hist if self._hist is None else self._hist + hist
         self._last = ids[:, 0] if ids.dim() == 2 else ids
 
-    def labels(self, y: Tensor) -> None:
-        if not self.active or self._last is None or self.task_of_class is None:
+    def labels(self, y: Tensor, task_of_class: Tensor) -> None:
+        if not self.active or self._last is None or not self.n_tasks:
             return
-        true = self.task_of_class.to(y.device)[y]
+        true = task_of_class[y]
         hit = (self._last == true).float()
         correct = torch.bincount(true, weights=hit, minlength=self.n_tasks)
         total = torch.bincount(true, minlength=self.n_tasks).float()

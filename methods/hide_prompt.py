@@ -133,7 +133,7 @@ class HiDePrompt(PromptMethod):
             self.register_buffer(f"{space}_mean", torch.zeros(0, k, d))
             self.register_buffer(f"{space}_var", torch.zeros(0, k, d))
             self.register_buffer(f"{space}_count", torch.zeros(0, k))
-        self.selection = SelectionLog(info.n_tasks, self.task_of_class, info.n_tasks)
+        self.selection = SelectionLog(info.n_tasks, info.n_tasks)
         self.selection_name = "tii"
         self.flag_noncomparable("hide-prompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
         self._task = 0

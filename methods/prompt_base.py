@@ -77,7 +77,7 @@ class PromptMethod(CLMethod):
 
     def eval_labels(self, y: Tensor) -> None:
         if self.selection is not None:
-            self.selection.labels(y)
+            self.selection.labels(y, self.task_of_class)
 
     def task_log(self) -> dict[str, Any]:
         return self.selection.summary(self.selection_name) if self.selection is not None else {}

@@ -130,6 +130,27 @@ def test_evaluation_does_not_depend_on_the_batch_size(name):
 
 
 @pytest.mark.parametrize("name", PROMPT_METHODS)
+def test_one_query_pass_and_one_prompted_pass_per_step_and_prediction(name):
+    """The query pass is the only extra backbone pass (no second copy, no repeated passes)."""
+    method, info = build(name)
+    task = run_tasks(method, info, 2)
+    passes = []
+
+    def record(*_):
+        state = method.backbone._state
+        passes.append((torch.is_grad_enabled(), state is not None and (state.tokens is not None or bool(state.prefixes))))
+
+    method.backbone.vit.patch_embed.register_forward_hook(record)
+    method.train()
+    method.training_step(task.x, task.y, task)
+    assert passes == [(False, False), (True, True)]  # no-grad query without prompts, then the prompted pass
+    passes.clear()
+    with torch.no_grad():
+        method.predict(task.x)
+    assert len(passes) == 2
+
+
+@pytest.mark.parametrize("name", PROMPT_METHODS)
 def test_compatibility_flags_mark_the_run_noncomparable(name):
     assert build(name)[0].noncomparable == []
     if name == "coda-prompt":
