@@ -33,7 +33,7 @@ class L2PConfig(MethodConfig):
     pull_coeff: float = 0.1  # λ of the key-matching term (pt port 0.1; JAX code 1.0)
     head: Literal["prompt", "token"] = "prompt"  # mean of prompt-token outputs, or [CLS]
     prompt_mask: bool = False  # train task t on pool slots [tN, (t+1)N) ("use_prompt_mask")
-    shared_pool: bool = False  # copy task t-1's slots into task t's at its start (with prompt_mask)
+    shared_pool: bool = False  # at task t's start copy slots [(t-1)N, tN) into [tN, (t+1)N)
     batchwise_prompt: bool = False  # compatibility: batch majority vote (marks the run non-comparable)
 
 
@@ -63,8 +63,9 @@ class L2P(PromptMethod):
 
     def before_task(self, task) -> None:
         super().before_task(task)
-        slots = self._task_slots(task.index) if self.cfg.prompt_mask else None
-        self._forced = None if slots is None else torch.arange(*slots, device=self.keys.device)
+        slots = self._task_slots(task.index)
+        forced = self.cfg.prompt_mask and slots is not None
+        self._forced = torch.arange(*slots, device=self.keys.device) if forced else None
         previous = self._task_slots(task.index - 1) if task.index > 0 else None
         if self.cfg.shared_pool and slots is not None and previous is not None:
             with torch.no_grad():
