@@ -52,7 +52,8 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW only
     weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine", "multistep"] = "constant"  # stepped per epoch
+    schedule: Literal["constant", "cosine", "multistep", "coda-cosine"] = "constant"  # stepped per epoch
+    # coda-cosine: CODA-Prompt's lr·cos(99π·e / (200·(E−1))) (ends near 0.016·lr, not 0)
     milestones: tuple[int, ...] = ()  # multistep: epochs at which lr *= gamma
     gamma: float = 0.1
     first_task_epochs: int | None = None  # overrides for the first task (PyCIL 'init_*')

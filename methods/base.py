@@ -8,6 +8,7 @@ Per task the trainer calls, in this order::
     after_task(task)                     # freeze, merge, prototypes, memory updates
     post_task_phases(task)               # declared extra optimisations (engine runs them)
     with eval_context(): predict(x)      # logits over the classes seen so far
+                         eval_labels(y)  # (diagnostics only, e.g. task-identity accuracy)
 
 and records ``task_log()`` (JSON) and ``task_state()`` (tensors) in the run record. A method
 never steps an optimiser, moves data, casts precision or wraps DDP.
@@ -121,6 +122,11 @@ class CLMethod(nn.Module):
     def predict(self, x: Tensor) -> Tensor:
         """Logits (B, ≥ seen classes) for evaluation, without a task id."""
         raise NotImplementedError
+
+    def eval_labels(self, y: Tensor) -> None:
+        """Called during evaluation right after each ``predict`` with that batch's labels, for
+        diagnostics the method reports in ``task_log`` (e.g. task-identity accuracy). It must
+        never change predictions."""
 
     def eval_context(self) -> contextlib.AbstractContextManager:
         """Context active during evaluation (e.g. adapters merged into the weights)."""

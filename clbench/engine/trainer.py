@@ -218,6 +218,7 @@ class Trainer:
             for x, y in loader:
                 x, y = self.to_device(x, y)
                 pred = self.method.predict(x)[:, : task.hi].argmax(dim=1)
+                self.method.eval_labels(y)
                 correct += torch.bincount(y[pred == y], minlength=task.hi)
                 self.progress.advance(bar)
         self.progress.done(bar)

@@ -1,0 +1,260 @@
+"""``hide-prompt``: HiDe-Prompt (Wang et al., NeurIPS 2023; spec ``methods.md`` §5).
+
+Two stages on one frozen ViT:
+
+* **Task-identity inference (TII)**: the frozen [CLS] feature (the query pass) goes through a
+  residual MLP (D→hD→D, GELU, residual, LayerNorm) and a linear head over the seen classes;
+  the predicted class names the task. It trains with cross-entropy over the current task's
+  classes, and after each task it is aligned on features sampled from per-class statistics of
+  the frozen features (k-means centroids with diagonal variances) of all seen classes.
+* **Within-task and task-adaptive prediction (WTP/TAP)**: one E-prompt per task (key/value
+  prefixes in ``layers``, 0–4), chosen by task id in training (mixed with the mean of the
+  earlier prompts by ``prompt_momentum``) and by the TII prediction at test, per sample. Loss:
+  masked cross-entropy plus ``reg`` × a contrastive term that treats the batch's prompted
+  features and the stored prototypes of earlier classes as a similarity matrix (temperature
+  0.8) with an identity target. After each task the head is retrained on features sampled from
+  the per-class statistics of the prompted features of all seen classes.
+
+Schedule in clbench: the TII MLP and head train in the task's main loop (their loss reads the
+detached query, so it is summed with the prompt loss and gets its own lr via ``lr_scale``)
+instead of a separate first pass over the data; the two alignments are engine-run phases
+(:class:`~clbench.methods.base.Phase`). ``task_log`` records the TII task accuracy of the
+evaluation (``tii_task_acc``, per task in ``tii_task_acc_per_task``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from clbench.config import MethodConfig
+from clbench.errors import ConfigError
+from clbench.heads import IncrementalLinear
+from clbench.prompting import SelectionLog, batch_vote, kv_prefixes, uniform_
+from clbench.registry import register_method
+
+from .base import Phase, StepOutput
+from .prompt_base import PromptMethod
+
+
+@dataclass
+class HiDePromptConfig(MethodConfig):
+    length: int = 5  # E-prompt key tokens (and as many value tokens): 5 CIFAR, 20 ImageNet-R
+    layers: tuple[int, ...] = (0, 1, 2, 3, 4)
+    prompt_momentum: float = 0.01  # mix of the mean of earlier task prompts into the current one
+    shared_pool: bool = True  # a new task's prompt starts as a copy of the previous one
+    reg: float = 0.1  # weight of the prototype contrastive term: 0.1 CIFAR, 0.5 ImageNet-R
+    temperature: float = 0.8
+    head_lr_scale: float = 0.1  # head lr relative to train.lr (official --larger_prompt_lr)
+    tii_hidden: int = 2  # TII MLP hidden width, in multiples of D
+    tii_lr_scale: float = 1 / 60  # TII lr relative to train.lr (official 5e-4 vs 0.03, both × batch/256)
+    n_centroids: int = 10  # k-means centroids per class for the stored statistics
+    align_epochs: int = 30  # epochs of each post-task alignment ("crct_epochs")
+    tii_align_lr: float = 4.6875e-4  # SGD lr of the TII alignment (0.005 × 24/256)
+    tii_align_batch: int = 24  # batch, and samples drawn per centroid, of the TII alignment
+    tap_lr: float = 0.005  # SGD lr of the head retraining
+    tap_batch: int = 120  # batch, and samples drawn per centroid, of the head retraining
+    batchwise_prompt: bool = False  # compatibility: batch vote on TII task ids (non-comparable)
+    prefix_reshape_bug: bool = False  # compatibility: the ports' prefix reshape bug (non-comparable)
+
+
+class ResidualMLP(nn.Module):
+    """HiDe's TII projection: LayerNorm(x + W2·GELU(W1·x)), timm-style init."""
+
+    def __init__(self, dim: int, ratio: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, ratio * dim), nn.Linear(ratio * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        for fc in (self.fc1, self.fc2):
+            nn.init.trunc_normal_(fc.weight, std=0.02)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.fc2(F.gelu(self.fc1(x))))
+
+
+def kmeans(x: Tensor, k: int, iters: int = 100) -> Tensor:
+    """Cluster labels (n,) of Lloyd's k-means with k-means++ seeding (torch's RNG), k ≤ n."""
+    n = x.shape[0]
+    centres = x[torch.randint(n, (1,), device=x.device)]
+    d2 = torch.cdist(x, centres).squeeze(1) ** 2
+    for _ in range(1, k):
+        pick = torch.multinomial(d2 / d2.sum(), 1) if d2.sum() > 0 else torch.randint(n, (1,), device=x.device)
+        centres = torch.cat([centres, x[pick]])
+        d2 = torch.minimum(d2, torch.cdist(x, x[pick]).squeeze(1) ** 2)
+    labels = torch.cdist(x, centres).argmin(1)
+    for _ in range(iters):
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+        new = torch.cdist(x, centres).argmin(1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def centroid_statistics(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Means (k, D), diagonal variances (k, D) and sizes (k,) of the k-means clusters of one
+    class's features (fewer than ``k`` samples: one cluster each; missing clusters have size 0)."""
+    d = x.shape[1]
+    mean, var, count = x.new_zeros(k, d), x.new_zeros(k, d), x.new_zeros(k)
+    labels = kmeans(x, min(k, x.shape[0]))
+    count.index_add_(0, labels, torch.ones_like(labels, dtype=x.dtype))
+    mean.index_add_(0, labels, x)
+    mean = mean / count.clamp_min(1)[:, None]
+    var.index_add_(0, labels, (x - mean[labels]) ** 2)
+    return mean, var / count.clamp_min(1)[:, None], count
+
+
+@register_method("hide-prompt")
+class HiDePrompt(PromptMethod):
+    """Task prompts chosen by a trained task-identity inference, with prototype alignment."""
+
+    Config = HiDePromptConfig
+    defaults = {**PromptMethod.defaults, "train.lr": 0.0028125, "train.grad_clip": 1.0}
+
+    def __init__(self, cfg: HiDePromptConfig, backbone, info):
+        super().__init__(cfg, backbone, info)
+        bad = [b for b in cfg.layers if not 0 <= b < backbone.depth]
+        if bad:
+            raise ConfigError(f"hide-prompt.layers has blocks {bad} outside 0..{backbone.depth - 1}.")
+        if cfg.n_centroids < 1:
+            raise ConfigError("hide-prompt.n_centroids must be at least 1.")
+        d, k = backbone.embed_dim, cfg.n_centroids
+        self.prompts = uniform_((len(cfg.layers), info.n_tasks, 2, cfg.length, d))  # one per task
+        self.tii_mlp = ResidualMLP(d, cfg.tii_hidden)
+        self.tii_head = IncrementalLinear(d)
+        for space in ("raw", "prompted"):  # per-class centroid statistics of both feature spaces
+            self.register_buffer(f"{space}_mean", torch.zeros(0, k, d))
+            self.register_buffer(f"{space}_var", torch.zeros(0, k, d))
+            self.register_buffer(f"{space}_count", torch.zeros(0, k))
+        self.selection = SelectionLog(info.n_tasks, info.n_tasks)
+        self.selection_name = "tii"
+        self.flag_noncomparable("hide-prompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
+        self._task = 0
+        self._prototypes: Tensor | None = None
+
+    # ---------------------------------------------------------------- task structure
+    def before_task(self, task) -> None:
+        super().before_task(task)
+        self.tii_head.grow(task.hi)
+        self._task = t = task.index
+        if self.cfg.shared_pool and t > 0:
+            with torch.no_grad():
+                self.prompts[:, t] = self.prompts[:, t - 1]
+        valid = self.prompted_count[: task.lo] > 0  # prototypes: stored centroids of earlier classes
+        self._prototypes = self.prompted_mean[: task.lo][valid]
+
+    def parameter_groups(self) -> list[dict]:
+        tii = list(self.tii_mlp.parameters()) + list(self.tii_head.parameters())
+        return [{"params": [self.prompts]},
+                {"params": list(self.head.parameters()), "lr_scale": self.cfg.head_lr_scale},
+                {"params": tii, "lr_scale": self.cfg.tii_lr_scale}]
+
+    # ---------------------------------------------------------------- forward
+    def tii_logits(self, q: Tensor) -> Tensor:
+        return self.tii_head(self.tii_mlp(q))
+
+    def training_prompt(self, t: int) -> Tensor:
+        """Task t's prompt (layers, 2, L, D), mixed with the mean of the earlier ones."""
+        m = self.cfg.prompt_momentum if t > 0 else 0.0
+        if m == 0:
+            return self.prompts[:, t]
+        return (1 - m) * self.prompts[:, t] + m * self.prompts[:, :t].detach().mean(dim=1)
+
+    def features(self, x: Tensor, pool: Tensor, idx: Tensor | int) -> Tensor:
+        """Prompted [CLS] with entries ``idx`` of ``pool`` (layers, M, 2, L, D) as prefixes."""
+        if self.cfg.prefix_reshape_bug and isinstance(idx, int):
+            idx = torch.full((x.shape[0],), idx, device=x.device, dtype=torch.long)
+        keys, values = kv_prefixes(pool, idx, self.cfg.prefix_reshape_bug)
+        prefixes = {b: (keys[i], values[i]) for i, b in enumerate(self.cfg.layers)}
+        with self.backbone.prompted(prefixes=prefixes):
+            return self.backbone(x)
+
+    def contrastive(self, feats: Tensor) -> Tensor:
+        """CE of the similarity matrix of [prototypes; features] / T against the identity."""
+        with torch.autocast(feats.device.type, enabled=False):
+            rows = torch.cat([self._prototypes.to(feats.device), feats.float()])
+            sim = rows @ rows.t() / self.cfg.temperature
+            return F.cross_entropy(sim, torch.arange(len(rows), device=rows.device))
+
+    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+        q = self.query(x)
+        tii_ce = F.cross_entropy(self.tii_logits(q)[:, task.lo:task.hi].float(), y - task.lo)
+        pool = self.training_prompt(task.index).unsqueeze(1)  # (layers, 1, 2, L, D)
+        feats = self.features(x, pool, 0)
+        contrast = self.contrastive(feats)
+        return StepOutput(self.head(feats), loss=tii_ce + self.cfg.reg * contrast,
+                          logs={"tii_ce": tii_ce.detach(), "contrast": contrast.detach()})
+
+    def predict_tasks(self, q: Tensor) -> Tensor:
+        """Task id per sample from the TII's predicted class (batch vote if flagged)."""
+        tasks = self.task_of_class[self.tii_logits(q).argmax(dim=1)]
+        if self.cfg.batchwise_prompt:
+            tasks = batch_vote(tasks.unsqueeze(1), 1, self.info.n_tasks)[:, 0]
+        return tasks
+
+    def predict(self, x: Tensor) -> Tensor:
+        tasks = self.predict_tasks(self.query(x))
+        self.selection.add(tasks)
+        return self.head(self.features(x, self.prompts, tasks))
+
+    # ---------------------------------------------------------------- after a task
+    def after_task(self, task) -> None:
+        t, m = task.index, self.cfg.prompt_momentum
+        if t > 0 and m > 0:
+            with torch.no_grad():
+                self.prompts[:, t] = self.training_prompt(t)
+        raw, prompted, labels = [], [], []
+        with self.frozen_features(), task.autocast():
+            for x, y in task.batches(augment=False, description="class statistics"):
+                raw.append(self.query(x))
+                prompted.append(self.features(x, self.prompts, t).float())
+                labels.append(y)
+        labels_t = torch.cat(labels)
+        for space, feats in (("raw", torch.cat(raw)), ("prompted", torch.cat(prompted))):
+            stats = [centroid_statistics(feats[labels_t == c], self.cfg.n_centroids) for c in range(task.lo, task.hi)]
+            for name, values in zip(("mean", "var", "count"), zip(*stats)):
+                old = getattr(self, f"{space}_{name}")
+                setattr(self, f"{space}_{name}", torch.cat([old, torch.stack(values).to(old)]))
+
+    def _sampler(self, space: str, hi: int, per_centroid: int, steps: int) -> Callable[[int], list]:
+        """Per epoch: draw ``per_centroid`` Gaussian samples per stored centroid of the classes
+        below ``hi``, shuffle, keep ``steps`` batches of ``per_centroid`` (the official scheme).
+        Only the kept samples are drawn. Centroids of one sample (zero variance) are skipped
+        unless a class has no other."""
+        mean, var, count = (getattr(self, f"{space}_{n}")[:hi] for n in ("mean", "var", "count"))
+        usable = (count > 0) & (var.mean(dim=-1) > 0)
+        usable |= (count > 0) & ~usable.any(dim=1, keepdim=True)
+        cls, slot = usable.nonzero(as_tuple=True)
+        mu, sd = mean[cls, slot], (var[cls, slot] + 1e-4).sqrt()
+
+        def batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
+            total = len(cls) * per_centroid
+            pick = torch.randperm(total, device=mu.device)[: steps * per_centroid] // per_centroid
+            x = mu[pick] + sd[pick] * torch.randn(len(pick), mu.shape[1], device=mu.device)
+            return [(x[i:i + per_centroid], cls[pick][i:i + per_centroid]) for i in range(0, len(pick), per_centroid)]
+
+        return batches
+
+    def post_task_phases(self, task) -> list[Phase]:
+        if task.index == 0 or self.cfg.align_epochs <= 0:
+            return []
+        hi, steps, cfg = task.hi, task.lo, self.cfg  # steps per epoch: classes of earlier tasks
+        sgd = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "grad_clip": None}
+        tii_params = list(self.tii_mlp.parameters()) + list(self.tii_head.parameters())
+        return [
+            Phase("tii-align", [{"params": tii_params}], cfg.align_epochs,
+                  self._sampler("raw", hi, cfg.tii_align_batch, steps),
+                  lambda f, y: F.cross_entropy(self.tii_logits(f)[:, :hi].float(), y),
+                  {**sgd, "lr": cfg.tii_align_lr}),
+            Phase("tap", [{"params": list(self.head.parameters())}], cfg.align_epochs,
+                  self._sampler("prompted", hi, cfg.tap_batch, steps),
+                  lambda f, y: F.cross_entropy(self.head(f)[:, :hi].float(), y),
+                  {**sgd, "lr": cfg.tap_lr}),
+        ]
