@@ -114,6 +114,14 @@ def landscape(
             mark = "[green]matches[/]" if check["match"] else "[red]differs from[/]"
             console.print(f"  λ={check['lambda']:g} (classes seen at T{check['task']}): {check['correct']} correct, "
                           f"{mark} the record's {check['recorded_correct']}")
+        bad = {c["lambda"] for c in ln["endpoints"] if not c["match"]}
+        run_engine = meta["run_engine"]
+        if bad and run_engine.get("autocast") != meta["autocast"]:
+            console.print(f"  (the run evaluated with {run_engine.get('autocast')} on {run_engine.get('device')}, this "
+                          f"with {meta['autocast']} on {meta['device']}: use the same to reproduce it exactly)")
+        elif bad == {0.0} and meta["grown"] == "target":
+            console.print("  (the later task changed the earlier classes' head rows, as full fine-tuning does; "
+                          "--head interpolate interpolates them too)")
     if "plane" in meta:
         pl = meta["plane"]
         console.print(f"plane through T{', T'.join(map(str, pl['tasks']))}: {pl['grid']}×{pl['grid']} grid, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -17,7 +16,7 @@ from clbench.records import SCHEMA_PATH
 from clbench.report.aggregate import paper_tables, summarize
 from clbench.report.build import gather, write
 from clbench.report.collect import collect
-from clbench.report.tables import fmt, latex_escape, to_latex, to_markdown
+from clbench.report.tables import fmt, latex_escape, to_markdown
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 PER_CLASS = [5, 5, 10, 10, 10, 10]  # test samples per class: tasks of 10, 20 and 20 samples

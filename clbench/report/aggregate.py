@@ -187,7 +187,7 @@ def paper_tables(summary: pd.DataFrame) -> list[PaperTable]:
             for _, r in group.iterrows():
                 ours.cells[r["setting_key"]] = {m: (r[f"{m}_mean"], r[f"{m}_se"]) for m in SHOWN}
                 ours.n[r["setting_key"]] = int(r["n"])
-                if _nan(r["paper_acc"]) == _nan(r["paper_acc"]):  # not NaN: the paper reports this setting
+                if not math.isnan(_nan(r["paper_acc"])):  # the paper reports this setting
                     paper.cells[r["setting_key"]] = {"acc": (_nan(r["paper_acc"]), _nan(r["paper_acc_se"])),
                                                      "aaa": (_nan(r["paper_aaa"]), _nan(r["paper_aaa_se"]))}
                     if r["paper_source"] and r["paper_source"] not in sources:

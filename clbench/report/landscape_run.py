@@ -47,7 +47,7 @@ def config_from_record(record: dict[str, Any], **engine: Any) -> RunConfig:
     )
 
 
-class TestPass:
+class EvalPass:
     """Per-class correct counts and summed cross-entropy on the test data of tasks ≤ target,
     over the target's seen classes and over the classes seen at an earlier task."""
 
@@ -136,8 +136,7 @@ class _Pass:
         self.trainer = Trainer(self.method, self.stream, ctx["cfg"])
         self.method.to(self.trainer.device)
         self.inner = inner
-        per_class = self.stream.test_counts()[1]
-        self.per_class = per_class
+        self.per_class = self.stream.test_counts()[1]
         self.ranges = [(t.lo, t.hi) for t in self.stream.tasks[: self.target_task + 1]]
 
     def __enter__(self) -> _Pass:
@@ -147,7 +146,7 @@ class _Pass:
         snaps = {t: {n: v.to(self.trainer.device) for n, v in self.ctx["snapshots"][t].items()}
                  for t in self.tasks if t != self.target_task}
         snaps[self.target_task] = {n: v.detach().clone() for n, v in self.tensors.items()}
-        self.evaluate = TestPass(self.trainer, self.target_task, self.inner)
+        self.evaluate = EvalPass(self.trainer, self.target_task, self.inner)
         used = ls.used_by(self.tensors, lambda: self.method.predict(self.evaluate.probe()))
         self.sel = ls.select([snaps[t] for t in self.tasks], self.tensors, self.ctx["grown"])
         if used is not None:  # tensors the forward ignores (e.g. adapter factors while merged) stay put
@@ -217,12 +216,14 @@ def compute(run_dir: Path, line: tuple[int, int] | None = (0, 1), plane: tuple[i
             ctx["snapshots"][t] = {n: v.detach().clone() for n, v in ls.named_tensors(method).items()}
         del method
     result = Landscape(run_dir, {"run": str(run_dir), "method": record["method"], "seed": record["seed"],
-                                 "benchmark": record["benchmark"], "grown": grown})
+                                 "benchmark": record["benchmark"], "grown": grown,
+                                 "run_engine": record.get("engine") or {}})
     start = time.perf_counter()
     if line is not None:
         i, j = line
         with _Pass(ctx, (i, j), inner=i) as scan:
             result.meta["device"] = str(scan.trainer.device)
+            result.meta["autocast"] = str(scan.trainer.amp_dtype or "fp32").replace("torch.", "")
             lams = _exact(np.linspace(0, 1, 11) if lambdas is None else lambdas)
             bar = progress.bar(f"line T{i + 1}→T{j + 1}", len(lams))
             rows = ls.scan_line(scan.live, *scan.points, lams, scan.evaluate, step=lambda: progress.advance(bar))
