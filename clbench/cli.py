@@ -228,5 +228,11 @@ def main() -> None:
     app(prog_name="clbench")
 
 
+from . import cli_report  # noqa: E402,F401  (attaches 'report' and 'landscape')
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # 'python -m clbench.cli' runs a copy of this module; the sibling modules above attach
+    # their commands to the package module's app, so run that one.
+    from clbench.cli import main as _main
+
+    sys.exit(_main())

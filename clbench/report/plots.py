@@ -1,0 +1,228 @@
+"""Figures from run records (matplotlib/seaborn; each saved as PNG and PDF).
+
+Per setting: the accuracy A_t after each task per method with a band of ± one standard
+error over seeds; the accuracy matrix a(t, j) as a heatmap (mean over seeds) per method;
+forgetting per method; the magnitudes a method logs per task (``method_log["magnitudes"]``,
+e.g. SD-LoRA); trainable parameters and time per method. Values come from the stored
+matrices through :mod:`clbench.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .. import metrics  # noqa: E402
+from .aggregate import mean_se  # noqa: E402
+from .collect import Collection  # noqa: E402
+
+
+@dataclass
+class Figure:
+    """A saved figure: what it shows and where its PNG and PDF are."""
+
+    kind: str
+    title: str
+    caption: str
+    png: Path
+    pdf: Path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "x"
+
+
+def _save(fig: plt.Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+    fig.savefig(png, dpi=130, bbox_inches="tight")
+    fig.savefig(pdf, bbox_inches="tight")
+    plt.close(fig)
+    return png, pdf
+
+
+def _matrix(record: dict[str, Any]) -> np.ndarray:
+    return metrics.as_matrix(record["accuracy_matrix"])
+
+
+def _curve(record: dict[str, Any]) -> np.ndarray:
+    matrix = record["accuracy_matrix"]
+    return metrics.accuracy_curve(matrix, record["test_counts"]["per_task"][: len(matrix)])
+
+
+def _band(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error over seeds, element-wise (SE 0 for one seed)."""
+    stack = np.stack(values)
+    se = stack.std(axis=0, ddof=1) / math.sqrt(len(stack)) if len(stack) > 1 else np.zeros(stack.shape[1:])
+    return stack.mean(axis=0), se
+
+
+def accuracy_curves(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure:
+    """A_t after each task per method: mean line, ± SE band over seeds."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, recs in groups.items():
+        mean, se = _band([_curve(r) for r in recs])
+        x = np.arange(1, len(mean) + 1)
+        line, = ax.plot(x, mean, marker="o", ms=4, label=f"{label} (n={len(recs)})")
+        ax.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel("tasks learned")
+    ax.set_ylabel("accuracy on all seen classes A_t (%)")
+    ax.set_xticks(x)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    png, pdf = _save(fig, out_dir, name)
+    return Figure("curve", f"Accuracy after each task: {title}",
+                  "Sample-weighted accuracy on the test data of all classes seen so far, after each task; "
+                  "line: mean over seeds, band: ± one standard error.", png, pdf)
+
+
+def accuracy_matrices(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure:
+    """The accuracy matrix a(t, j) per method (mean over seeds) as heatmaps."""
+    n = len(groups)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    T = len(next(iter(groups.values()))[0]["accuracy_matrix"])
+    size = 1.2 + 0.45 * T
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 1, rows * size), squeeze=False)
+    for i, (ax, (label, recs)) in enumerate(zip(axes.flat, groups.items())):
+        mean = np.mean(np.stack([_matrix(r) for r in recs]), axis=0)
+        sns.heatmap(mean, ax=ax, vmin=0, vmax=100, cmap="viridis", mask=np.isnan(mean), square=True,
+                    annot=T <= 10, fmt=".0f", annot_kws={"fontsize": 7}, cbar=i == n - 1,
+                    cbar_kws={"label": "accuracy (%)"}, xticklabels=range(1, T + 1), yticklabels=range(1, T + 1))
+        ax.grid(False)
+        ax.set_title(f"{label} (n={len(recs)})", fontsize=9)
+        ax.set_xlabel("evaluated task j")
+        ax.set_ylabel("after task t")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    png, pdf = _save(fig, out_dir, name)
+    return Figure("matrix", f"Accuracy matrix: {title}",
+                  "a(t, j): accuracy (%) on task j's test data after training task t, mean over seeds.", png, pdf)
+
+
+def _bars(ax: plt.Axes, labels: list[str], values: list[list[float]], ylabel: str) -> None:
+    stats = [mean_se(v) for v in values]
+    means = [s[0] for s in stats]
+    errs = [0 if math.isnan(s[1]) else s[1] for s in stats]
+    x = np.arange(len(labels))
+    colors = sns.color_palette(n_colors=len(labels))
+    ax.bar(x, means, yerr=errs, capsize=4, color=colors, alpha=0.8)
+    for i, vals in enumerate(values):
+        ax.scatter(np.full(len(vals), x[i]), vals, color="black", s=10, zorder=3)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+
+
+def forgetting_bars(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure | None:
+    """Average forgetting (Chaudhry) per method: mean ± SE over seeds, seeds as dots."""
+    values = {label: [metrics.forgetting(_matrix(r)) for r in recs] for label, recs in groups.items()}
+    values = {k: [x for x in v if x is not None] for k, v in values.items()}
+    if not any(values.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(values), 4))
+    _bars(ax, list(values), list(values.values()), "forgetting (%)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_title(title)
+    png, pdf = _save(fig, out_dir, name)
+    return Figure("forgetting", f"Forgetting: {title}",
+                  "Average forgetting at the last task (Chaudhry et al.; may be negative): bar = mean, "
+                  "error bar = standard error, dots = seeds.", png, pdf)
+
+
+def magnitude_values(record: dict[str, Any]) -> list[list[float]] | None:
+    """``method_log["magnitudes"]`` of every task (list of floats per task), or None."""
+    rows = []
+    for task in record["tasks"]:
+        mags = (task.get("method_log") or {}).get("magnitudes")
+        if mags is None:
+            return None
+        try:  # a list of floats per task; per-layer lists are averaged
+            flat = np.asarray(mags, dtype=float).reshape(len(mags), -1).mean(axis=1)
+        except (TypeError, ValueError):
+            return None
+        rows.append(flat.tolist())
+    return rows or None
+
+
+def magnitude_plot(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure | None:
+    """Magnitude α_k of each task's component after each task (mean ± SE band over seeds)."""
+    found = {label: [m for m in (magnitude_values(r) for r in recs) if m] for label, recs in groups.items()}
+    found = {k: v for k, v in found.items() if v}
+    if not found:
+        return None
+    fig, axes = plt.subplots(1, len(found), figsize=(5.2 * len(found), 3.8), squeeze=False)
+    for ax, (label, runs) in zip(axes.flat, found.items()):
+        T = min(len(r) for r in runs)
+        K = max(len(r[t]) for r in runs for t in range(T))
+        colors = sns.color_palette("crest", n_colors=K)
+        for k in range(K):
+            ts = [t for t in range(T) if all(len(r[t]) > k for r in runs)]
+            if not ts:
+                continue
+            mean, se = _band([np.array([r[t][k] for t in ts]) for r in runs])
+            x = np.array(ts) + 1
+            ax.plot(x, mean, marker="o", ms=3, color=colors[k], label=f"α{k + 1}")
+            ax.fill_between(x, mean - se, mean + se, color=colors[k], alpha=0.2, lw=0)
+        ax.set_xlabel("after task")
+        ax.set_ylabel("magnitude")
+        ax.set_xticks(range(1, T + 1))
+        ax.set_title(f"{label} (n={len(runs)})", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    png, pdf = _save(fig, out_dir, name)
+    return Figure("magnitudes", f"Learned magnitudes: {title}",
+                  "Magnitude of each task's component (α_k, from method_log['magnitudes']) after each task; "
+                  "band: ± one standard error over seeds.", png, pdf)
+
+
+def cost_bars(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure:
+    """Trainable parameters (at the last task) and wall time (training + evaluation) per method."""
+    labels = list(groups)
+    params = [[r["tasks"][-1]["trainable_params"] for r in recs] for recs in groups.values()]
+    times = [[r["timing"]["train_s"] + r["timing"]["eval_s"] for r in recs] for recs in groups.values()]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(2.5 + 2.2 * len(labels), 4))
+    _bars(a, labels, params, "trainable parameters (last task)")
+    positive = [p for ps in params for p in ps if p > 0]
+    if positive and max(positive) / min(positive) > 100:
+        a.set_yscale("log")
+    _bars(b, labels, times, "time per run: training + evaluation (s)")
+    fig.suptitle(title)
+    png, pdf = _save(fig, out_dir, name)
+    return Figure("cost", f"Trainable parameters and time: {title}",
+                  "Left: parameters the optimiser trains in the last task. Right: wall time per run "
+                  "(training and evaluation, as recorded; mean ± SE, dots = seeds; machines may differ).", png, pdf)
+
+
+PLOTS: list[Callable[..., Figure | None]] = [accuracy_curves, accuracy_matrices, forgetting_bars, magnitude_plot, cost_bars]
+
+
+def all_figures(coll: Collection, summary: pd.DataFrame, out_dir: Path) -> list[Figure]:
+    """Every figure for every setting of the summary, saved under ``out_dir``."""
+    figures = []
+    with sns.axes_style("whitegrid"), plt.rc_context({"figure.max_open_warning": 0}):
+        for key, sub in summary.groupby("setting_key", sort=False):
+            first = sub.iloc[0]
+            title = f"{first['benchmark']} {first['setting']}"
+            groups = {}
+            for _, row in sub.sort_values("label").iterrows():
+                groups[row["label"]] = [coll.records[p] for p in row["runs"].split(";")]
+            base = f"{_slug(first['benchmark'])}_N{first['n_tasks']}_{key[:6]}"
+            for plot in PLOTS:
+                fig = plot(groups, title, out_dir, f"{plot.__name__}_{base}")
+                if fig is not None:
+                    figures.append(fig)
+    return figures
