@@ -42,8 +42,9 @@ def friendly(func: Callable) -> Callable:
         except ClbenchError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]Interrupted.[/] Finished tasks are kept in the run record (status 'interrupted').")
+        except KeyboardInterrupt as exc:
+            detail = str(exc) or "Finished tasks are kept in the run record (status 'interrupted')."
+            err_console.print(f"[yellow]Interrupted.[/] {detail}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -90,13 +91,29 @@ def run(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Dataset root for real benchmarks (sets benchmark.data_root).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", metavar="RUN_DIR",
+        help="Continue the killed or interrupted run in RUN_DIR from its last checkpoint "
+             "(--set may change train.* and engine.* values).")] = None,
 ) -> None:
-    """Train and evaluate methods on a benchmark; write one record per run and print a table."""
+    """Train and evaluate methods on a benchmark; write one record per run and print a table.
+
+    Under torchrun (torchrun --nproc-per-node=N -m clbench.cli run ...) every run uses N
+    processes (DDP); rank 0 prints and writes."""
     from .config import parse_set
+    from .engine.dist import is_main_process
     from .engine.progress import ProgressReporter
     from .experiment import DataCache, execute, plan
 
     overrides = load_config_file(config) + parse_set(set_ or [])
+    main_rank = is_main_process()
+    if resume is not None:
+        if methods or output_dir is not None or data_root is not None or preset is not None:
+            raise ConfigError("--resume continues one run as it was configured; drop --methods, --preset, "
+                              "--output-dir and --data-root (use --set train.*=... to change training values).")
+        _resume(resume, overrides + ([("engine.device", device)] if device else [])
+                + ([] if progress else [("engine.progress", "false")]), progress and main_rank)
+        return
     if output_dir is not None:
         overrides.append(("engine.output_dir", str(output_dir)))
     if device is not None:
@@ -108,15 +125,42 @@ def run(
     runs = plan(split_list(methods), benchmark, parse_seeds(seeds), preset, overrides)
     cache = DataCache()
     records = []
-    with ProgressReporter(err_console, enabled=runs[0].config.engine.progress) as reporter:
+    with ProgressReporter(err_console, enabled=runs[0].config.engine.progress and main_rank) as reporter:
         for run_ in runs:
             cfg = run_.config
-            reporter.log(f"[bold]{cfg.method}[/] on {cfg.benchmark} (seed {cfg.seed}"
-                         f"{', preset ' + cfg.preset if cfg.preset else ''})")
+            if main_rank:
+                reporter.log(f"[bold]{cfg.method}[/] on {cfg.benchmark} (seed {cfg.seed}"
+                             f"{', preset ' + cfg.preset if cfg.preset else ''})")
             records.append(execute(run_, reporter, cache))
+    if main_rank:
+        print_records(records)
+
+
+def print_records(records: list[dict]) -> None:
     console.print(results_table(records))
     for rec in records:
         console.print(f"  {rec['method']} seed {rec['seed']}: {Path(rec['run_dir']) / 'record.json'}", highlight=False)
+
+
+def _resume(run_dir: Path, overrides: list[tuple[str, Any]], show: bool) -> None:
+    from .engine.dist import is_main_process
+    from .engine.progress import ProgressReporter
+    from .experiment import resume
+    from .records import load_record
+
+    main_rank = is_main_process()
+    try:
+        done = load_record(run_dir)["status"] == "complete"
+    except (OSError, ValueError, KeyError):
+        done = False  # resume() says what is wrong
+    if done and main_rank:
+        console.print(f"{run_dir} is complete already; nothing to resume.", highlight=False)
+    with ProgressReporter(err_console, enabled=show and not done) as reporter:
+        if show and not done:
+            reporter.log(f"resuming [bold]{run_dir}[/]")
+        record = resume(run_dir, reporter, overrides=overrides)
+    if main_rank:
+        print_records([record])
 
 
 def results_table(records: list[dict]) -> Table:
@@ -225,4 +269,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from clbench.cli import main as _main  # the package module, to which sibling commands attached
+
+    sys.exit(_main())
