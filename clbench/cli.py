@@ -268,6 +268,8 @@ def main() -> None:
     app(prog_name="clbench")
 
 
+from . import cli_sweep  # noqa: E402,F401  attaches 'clbench sweep'
+
 if __name__ == "__main__":  # pragma: no cover
     from clbench.cli import main as _main  # the package module, to which sibling commands attached
 
