@@ -14,6 +14,10 @@ branches, grown heads), loads ``step.pt`` and goes on from the next batch. Nothi
 order of the data is stored: each epoch's order is a function of (seed, task, epoch), and
 the skipped batches are never loaded, so augmentation draws continue where they stopped.
 On CPU the resumed run's results equal an uninterrupted run's (``tests/test_resume.py``).
+
+A checkpoint is never written from non-finite losses or weights. When the loss diverges, a
+step checkpoint after which no finite loss was seen is dropped, so ``clbench run --resume
+RUN_DIR --set train.lr=...`` starts the diverged task again from its beginning.
 Files load with ``torch.load(weights_only=True)``: tensors and plain values only.
 """
 
@@ -127,6 +131,11 @@ class Checkpointer:
             return
         self._write(STEP, {"version": VERSION, "task": task_index, "model": model, "optimizer": optimizer,
                            "position": position.to_state(), "rng": rng})
+
+    def drop_step(self) -> None:
+        """Forget the checkpoint within the current task (resume from the task's start)."""
+        if self.enabled and self.dist.is_main:
+            (self.directory / STEP).unlink(missing_ok=True)
 
     def load(self) -> ResumePoint:
         """The latest resume point (the fresh start when nothing was saved yet)."""

@@ -284,6 +284,7 @@ class Trainer:
         self.progress.advance(bar, pos.steps)
         shown = pos.steps
         check_stop_every = 1 if world == 1 else SYNC_EVERY  # agreeing on a stop is a collective
+        self._finite_through, self._saved_at = pos.steps, None
         try:
             for epoch in range(pos.epoch, epochs):
                 factor = lr_factor(cfg.schedule, epoch, epochs, milestones, cfg.gamma)
@@ -309,6 +310,12 @@ class Trainer:
                         raise KeyboardInterrupt(f"stopped in task {ctx.index + 1} after step {pos.steps}")
                 self.stop.in_loop = False
                 shown = self._check_and_show(pos.sums, pos.steps, shown, ctx, epoch, bar)
+        except TrainingDiverged:
+            if self._saved_at is not None and self._finite_through <= self._saved_at:
+                # no finite loss was seen after that checkpoint: its weights may be on their way
+                # to the divergence, so the resume point falls back to the task's start
+                self.checkpoint.drop_step()
+            raise
         finally:
             self.stop.in_loop = False
         del model  # drops DDP's gradient hooks before after_task and phases
@@ -329,9 +336,10 @@ class Trainer:
         if not bool(self.dist.all_reduce(finite.logical_not().float()) == 0):
             raise TrainingDiverged(
                 f"Parameters became NaN or infinite in task {ctx.index + 1}, epoch {pos.epoch + 1} (step "
-                f"{pos.steps}). Lower train.lr or set train.grad_clip; the last good checkpoint is kept.")
+                f"{pos.steps}). Lower train.lr or set train.grad_clip; the record keeps every task finished before this one.")
         pos.elapsed_s = time.perf_counter() - started
         self.checkpoint.save_step(ctx.index, self.method.state_dict(), optimizer.state_dict(), pos, self.rng_states())
+        self._saved_at = pos.steps
 
     def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list,
                    x: torch.Tensor, y: torch.Tensor, ctx: TaskContext) -> dict[str, torch.Tensor]:
@@ -405,6 +413,7 @@ class Trainer:
                 f"(step {steps}). Lower train.lr or set train.grad_clip (e.g. --set "
                 f"train.grad_clip=1.0); the record keeps every task finished before this one."
             )
+        self._finite_through = steps
         self.progress.advance(bar, steps - shown, info=f"epoch {epoch + 1} loss {total / steps:.3f}")
         return steps
 
