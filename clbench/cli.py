@@ -230,37 +230,60 @@ def bench(
     image_size: Annotated[int, typer.Option(help="Input size of the random images.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Batch size of the timed steps.")] = 32,
     late_task: Annotated[int, typer.Option(help="1-indexed late task to time besides task 1.")] = 20,
-    steps: Annotated[int, typer.Option(help="Timed repetitions (median reported).")] = 10,
+    repeats: Annotated[int, typer.Option("--repeats", "--steps", help="Timed interleaved rounds (medians reported).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed rounds first.")] = 3,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16.")] = None,
+    loader: Annotated[bool, typer.Option(help="Also time the data loader.")] = True,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra config overrides (as in 'run').")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the measurements to this JSON file.")] = None,
 ) -> None:
-    """Time training steps (task 1 vs a late task) and evaluation throughput, side by side."""
+    """Time training steps (task 1 vs a late task), evaluation (merged, unmerged, bare
+    backbone), memory and the data loader, interleaved in one process."""
     import json
 
-    from .bench import measure
+    from .bench import measure, measure_loader
     from .config import parse_set
 
     overrides = [("backbone.name", backbone), ("backbone.weights", "none"), ("benchmark.image_size", image_size),
                  ("benchmark.n_tasks", late_task), ("benchmark.n_classes", 10 * late_task)] + parse_set(set_ or [])
+    overrides += [("engine.device", device)] if device else []
+    overrides += [("engine.precision", precision)] if precision else []
     rows = []
     for name in split_list(methods):
-        for task in (0, late_task - 1):
-            rows.append(measure(name, task, batch_size, "random", overrides, steps=steps))
-            err_console.print(f"  measured {name} at task {task + 1}")
-    table = Table(title=f"clbench bench: {backbone}, batch {batch_size}, {rows[0]['device']}")
-    for col in ("method", "task", "trainable", "step ms", "vs task 1", "eval img/s merged", "unmerged", "merged vs bare"):
-        table.add_column(col, justify="right")
-    first = {}
-    for row in rows:
-        step = row["step_s"]
-        first.setdefault(row["method"], step)
-        ratio = f"{step / first[row['method']]:.3f}" if step and first[row["method"]] else "–"
-        table.add_row(row["method"], str(row["task"]), f"{row['trainable']:,}", f"{1000 * step:.1f}" if step else "–",
-                      ratio, f"{row['eval_img_s_merged']:.1f}", f"{row['eval_img_s_unmerged']:.1f}",
-                      f"{row['eval_img_s_merged'] / row['eval_img_s_bare']:.3f}")
-    console.print(table)
+        rows.append(measure(name, late_task - 1, batch_size, "random", overrides, repeats=repeats, warmup=warmup))
+        err_console.print(f"  measured {name}")
+    load = measure_loader("random", batch_size, overrides, repeats=max(3, repeats // 2)) if loader else None
+    wide = Console(width=max(console.width, 160))  # the table has many columns; let it be wide in logs too
+    wide.print(bench_table(rows, backbone))
+    if load:
+        wide.print(f"data loader ({load['image_size']} px, batch {batch_size}, in memory, to {load['device']}): "
+                      f"{load['loader_img_s_memory']:.0f} img/s plain, {load['loader_img_s_memory_augment']:.0f} img/s "
+                      f"with crop+flip ({load['augment_cost']:.2f}x slower)", highlight=False)
     if json_out:
-        json_out.write_text(json.dumps(rows, indent=1))
+        json_out.write_text(json.dumps({"methods": rows, "loader": load}, indent=1))
+
+
+def bench_table(rows: list[dict], backbone: str) -> Table:
+    """The figures of 'clbench bench' as a table (medians; ratios side by side)."""
+    first = rows[0]
+    table = Table(title=f"clbench bench: {backbone}, batch {first['batch_size']}, {first['device']} "
+                        f"({first['autocast']}), task 1 vs task {first['late_task']}")
+    for col in ("method", "trainable", "step ms t1", "step ms late", "late/t1", "eval img/s merged", "unmerged",
+                "bare", "merged/bare", "peak MB step/eval", "model MB"):
+        table.add_column(col, justify="right")
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    for r in rows:
+        peak = "–" if r["peak_mb_eval_merged"] is None else \
+            f"{fmt(r.get('peak_mb_step_late'), '.0f')}/{r['peak_mb_eval_merged']:.0f}"
+        table.add_row(r["method"], f"{r['trainable_late']:,}", fmt(r["step_s_first"] and 1000 * r["step_s_first"], ".1f"),
+                      fmt(r["step_s_late"] and 1000 * r["step_s_late"], ".1f"), fmt(r["step_late_vs_first"], ".2f"),
+                      f"{r['eval_img_s_merged']:.1f}", f"{r['eval_img_s_unmerged']:.1f}", f"{r['eval_img_s_bare']:.1f}",
+                      f"{r['eval_merged_vs_bare']:.2f}", peak, f"{r['late_model_mb']:.1f}")
+    return table
 
 
 def main() -> None:
