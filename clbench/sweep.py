@@ -78,6 +78,8 @@ class SweepSpec:
         for key in ("methods", "benchmarks", "seeds", "presets"):
             if key in tree and not isinstance(tree[key], list):
                 tree[key] = [tree[key]]
+        if "presets" in tree:  # 'default' (or null): the pair's default preset, if it has one
+            tree["presets"] = [None if p in (None, "default") else p for p in tree["presets"]]
         if "set" in tree:
             from .config import flatten
 

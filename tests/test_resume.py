@@ -6,12 +6,13 @@ import signal
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 
 from clbench.engine.trainer import Trainer
 from clbench.errors import ConfigError
 from clbench.experiment import DataCache, execute, plan, resume
-from clbench.records import load_record
+from clbench.records import SCHEMA_PATH, load_record
 from clbench.registry import METHODS
 
 from conftest import TINY
@@ -89,6 +90,7 @@ def test_stopped_mid_task_then_resumed_equals_uninterrupted(tmp_path, uninterrup
     second = _cli("run", "--resume", str(run_dir), "--no-progress")
     assert second.returncode == 0, second.stderr[-2000:]
     resumed = load_record(run_dir)
+    jsonschema.validate(resumed, json.loads(SCHEMA_PATH.read_text()))
     assert resumed["resumes"][0]["tasks_done"] == 1
     assert resumed["resumes"][0]["within_task"]["steps"] == resumed_at
     _same_results(resumed, uninterrupted)

@@ -20,7 +20,7 @@ SMALL = {**SETS, "benchmark.n_classes": 4, "benchmark.n_tasks": 2}
 def test_spec_file_grid_and_run_keys(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text("methods: [finetune, lora]\nseeds: [1, 2]\nset:\n  train: {epochs: 1}\n  lora.rank: 2\n"
-                    "grid:\n  train.lr: [0.01, 0.1]\nexecutor: inline\n")
+                    "grid:\n  train.lr: [0.01, 0.1]\nexecutor: inline\npresets: [default]\n")
     spec = SweepSpec.from_file(path)
     spec.output_dir = str(tmp_path / "out")
     jobs = expand(spec)
