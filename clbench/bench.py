@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,8 @@ from .engine.trainer import Trainer
 from .experiment import DataCache, Override, build, plan
 
 _CACHE = DataCache()  # the benchmark data, shared by every prepared method of a process
+# nothing is written; planning only checks that the output directory is writable
+_NO_OUTPUT = [("engine.progress", False), ("engine.output_dir", tempfile.gettempdir())]
 
 Timed = tuple[Callable[[], Any], Callable[[], contextlib.AbstractContextManager]]
 
@@ -80,7 +83,7 @@ def _mb(tensors: Any) -> float:
 
 def prepared(method: str, benchmark: str, task: int, overrides: Sequence[Override]) -> tuple[Trainer, TaskContext]:
     """A trainer whose method has run the hooks of tasks ``0..task-1`` and ``before_task(task)``."""
-    (run,) = plan([method], benchmark, [0], None, list(overrides) + [("engine.progress", False)])
+    (run,) = plan([method], benchmark, [0], None, [*_NO_OUTPUT, *overrides])
     _, stream, m = build(run.config, _CACHE)
     trainer = Trainer(m, stream, run.config)
     m.to(trainer.device)
@@ -154,6 +157,7 @@ def measure(method: str, late_task: int, batch_size: int, benchmark: str = "rand
     step_first, step_late = medians.get("step_first"), medians.get("step_late")
     result: dict[str, Any] = {
         "method": method, "late_task": late_task + 1, "batch_size": batch_size, "device": str(device),
+        "threads": torch.get_num_threads(),
         "autocast": str(late.trainer.amp_dtype).replace("torch.", "") if late.trainer.amp_dtype else "fp32",
         "trainable_first": sum(p.numel() for p in first.params), "trainable_late": sum(p.numel() for p in late.params),
         "seen_classes_late": late.ctx.hi,
@@ -177,7 +181,7 @@ def measure_loader(benchmark: str, batch_size: int, overrides: Sequence[Override
     without augmentation and with a random crop + flip, interleaved."""
     from .data.datasets import TensorImageDataset, random_crop_flip
 
-    (run,) = plan(["simplecil"], benchmark, [0], None, list(overrides) + [("engine.progress", False)])
+    (run,) = plan(["simplecil"], benchmark, [0], None, [*_NO_OUTPUT, *overrides])
     bench, data = _CACHE.get(run.config)
     stream = bench.stream(data, run.config.benchmark_cfg, 0)
     trainer = Trainer(torch.nn.Identity(), stream, run.config)  # only its loader is used

@@ -235,6 +235,7 @@ def bench(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16.")] = None,
     loader: Annotated[bool, typer.Option(help="Also time the data loader.")] = True,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra config overrides (as in 'run').")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the measurements to this JSON file.")] = None,
 ) -> None:
@@ -242,8 +243,13 @@ def bench(
     backbone), memory and the data loader, interleaved in one process."""
     import json
 
+    import torch
+
     from .bench import measure, measure_loader
     from .config import parse_set
+
+    if threads:
+        torch.set_num_threads(threads)
 
     overrides = [("backbone.name", backbone), ("backbone.weights", "none"), ("benchmark.image_size", image_size),
                  ("benchmark.n_tasks", late_task), ("benchmark.n_classes", 10 * late_task)] + parse_set(set_ or [])
@@ -267,7 +273,8 @@ def bench(
 def bench_table(rows: list[dict], backbone: str) -> Table:
     """The figures of 'clbench bench' as a table (medians; ratios side by side)."""
     first = rows[0]
-    table = Table(title=f"clbench bench: {backbone}, batch {first['batch_size']}, {first['device']} "
+    where = first["device"] if first["device"] != "cpu" else f"cpu, {first['threads']} threads"
+    table = Table(title=f"clbench bench: {backbone}, batch {first['batch_size']}, {where} "
                         f"({first['autocast']}), task 1 vs task {first['late_task']}")
     for col in ("method", "trainable", "step ms t1", "step ms late", "late/t1", "eval img/s merged", "unmerged",
                 "bare", "merged/bare", "peak MB step/eval", "model MB"):

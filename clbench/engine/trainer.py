@@ -153,7 +153,7 @@ class Trainer:
         data = self.stream.train_data(task.index, cumulative=cumulative, augment=augment)
         loader = self.loader(data, self.train_cfg.eval_batch_size)
         bar = self.progress.bar(f"task {task.index + 1}: {description}", len(loader))
-        for x, y in loader:
+        for x, y in self._fetch(loader):  # shards differ in size: keep their draws off the shared RNG
             yield self.to_device(x, y)
             self.progress.advance(bar)
         self.progress.done(bar)
