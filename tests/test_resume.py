@@ -17,8 +17,9 @@ from clbench.registry import METHODS
 
 from conftest import TINY
 
-# 3 tasks of 2 classes, 32 training samples per task, batch 16, 4 epochs: 8 steps per task
-RUN = [(k, v) for k, v in TINY if k != "train.epochs"] + [("train.epochs", 4)]
+# 2 tasks of 2 classes, 32 training samples per task, batch 16, 4 epochs: 8 steps per task
+TWO_TASKS = [(k, v) for k, v in TINY if k not in ("benchmark.n_classes", "benchmark.n_tasks", "train.epochs")]
+RUN = TWO_TASKS + [("benchmark.n_classes", 4), ("benchmark.n_tasks", 2), ("train.epochs", 4)]
 
 # Runs the CLI, sending itself a signal at a given training step (before that step runs).
 LAUNCH = '''
@@ -107,9 +108,8 @@ class Crash(BaseException):
 def test_every_method_resumes_to_the_same_results(method, tmp_path, monkeypatch):
     """Crash in task 2 of 2 (in training, or in evaluation for methods that do not train), resume."""
     cache = DataCache()
-    two_tasks = [(k, v) for k, v in TINY if k not in ("benchmark.n_classes", "benchmark.n_tasks")]
-    overrides = two_tasks + [("benchmark.n_classes", 4), ("benchmark.n_tasks", 2), ("engine.output_dir", str(tmp_path)),
-                             ("engine.checkpoint_every", 1)]
+    overrides = TWO_TASKS + [("train.epochs", 1), ("benchmark.n_classes", 4), ("benchmark.n_tasks", 2),
+                             ("engine.output_dir", str(tmp_path)), ("engine.checkpoint_every", 1)]
     (planned,) = plan([method], "shapes", [1993], None, overrides)
     reference = execute(planned, cache=cache)
     trains = reference["tasks"][1]["steps"] > 0
