@@ -2,12 +2,14 @@
 
 :func:`plan` resolves the configuration of every (method, seed) pair of a request and checks
 names, keys, types, the output directory and the weights before anything runs, so bad input
-fails fast and leaves no partial record. :func:`execute` runs one planned run.
+fails fast and leaves no partial record. :func:`execute` runs one planned run; :func:`resume`
+continues one that was stopped, from its checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +17,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from .backbones import _resolve_spec, check_bundled, create_backbone
 from .config import (SECTIONS, BackboneConfig, EngineConfig, RunConfig, TrainConfig, apply_values,
                      field_types, to_plain)
+from .engine.checkpoint import Checkpointer, ResumePoint
+from .engine.dist import SingleProcess
+from .engine.dist import current as current_dist
 from .engine.progress import ProgressReporter
 from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
 from .engine.trainer import Trainer
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, DataError, TrainingDiverged, WeightsError
 from .presets import Preset, find_preset
-from .records import RunRecorder, environment, ensure_writable, new_run_dir, save_state
+from .records import RunRecorder, environment, ensure_writable, load_record, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
 from .weights import check_available
 
+CHECKPOINT_DIR = "checkpoint"
 Override = tuple[str, Any]  # (dotted key, value); values may be command-line strings
 
 
@@ -193,16 +200,27 @@ def build(cfg: RunConfig, cache: DataCache | None = None) -> tuple[Any, Any, Any
     return data, stream, METHODS.get(cfg.method)(cfg.method_cfg, backbone, info)
 
 
+def _progress_for(progress: ProgressReporter | None, dist: SingleProcess) -> ProgressReporter:
+    """Rank 0 shows progress; other ranks stay silent."""
+    if progress is None or not dist.is_main:
+        return ProgressReporter(Console(quiet=True), enabled=False)
+    return progress
+
+
 def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: DataCache | None = None,
             on_task: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Execute one planned run and return its final record."""
+    """Execute one planned run and return its final record.
+
+    Under torchrun every rank calls this; rank 0 creates the run directory and writes."""
     cfg = run.config
-    progress = progress or ProgressReporter(enabled=False)
+    dist = current_dist(resolve_device(cfg.engine.device))
+    progress = _progress_for(progress, dist)
     data, stream, method = build(cfg, cache)
     backbone = method.backbone
-    device = resolve_device(cfg.engine.device)
+    device = dist.device(resolve_device(cfg.engine.device))
     per_task, per_class = stream.test_counts()
-    run_dir = new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)
+    made = str(new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)) if dist.is_main else None
+    run_dir = Path(dist.broadcast_object(made))
     recorder = RunRecorder(run_dir, {
         "run_id": run_dir.name,
         "method": cfg.method, "benchmark": cfg.benchmark, "seed": cfg.seed, "preset": cfg.preset,
@@ -221,18 +239,95 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
         "test_counts": {"per_task": per_task, "per_class": per_class},
         "paper": run.preset.reported.to_dict() if run.preset and run.preset.reported else None,
         "environment": environment(),
-        "engine": engine_summary(cfg.engine, device, resolve_precision(cfg.engine.precision, device)),
+        "engine": {**engine_summary(cfg.engine, device, resolve_precision(cfg.engine.precision, device)),
+                   "world_size": dist.world_size},
         "params": {"backbone": sum(p.numel() for p in backbone.parameters())},
         "run_dir": str(run_dir),
-    })
+    }, write=dist.is_main)
+    return _train(cfg, stream, method, recorder, dist, progress, on_task, None)
+
+
+RESUME_SECTIONS = ("train.", "engine.")  # what --set may change when resuming
+COMPARABLE_ENGINE = {"device", "num_workers", "progress", "save_task_state", "checkpoint_every"}
+
+
+def config_from_record(record: dict[str, Any], overrides: Sequence[Override] = ()) -> RunConfig:
+    """The run configuration stored in a record, with ``train.*``/``engine.*`` overrides."""
+    method_cls, bench_cls = METHODS.get(record["method"]), BENCHMARKS.get(record["benchmark"])
+    fresh = {"engine": EngineConfig(), "train": TrainConfig(), "backbone": BackboneConfig(),
+             "benchmark": bench_cls.Config(), "method": method_cls.Config()}
+    try:
+        sections = {name: apply_values(obj, record["config"][name], name) for name, obj in fresh.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"The record's configuration does not fit this clbench version ({exc}). Resume with the "
+                          f"version that started the run (record: environment.git).") from None
+    for dotted, value in overrides:
+        section, _, key = dotted.partition(".")
+        if not dotted.startswith(RESUME_SECTIONS) or dotted == "engine.output_dir":
+            raise ConfigError(f"Cannot change '{dotted}' when resuming: only train.* and engine.* values (not "
+                              f"engine.output_dir) may change. Start a new run to change anything else.")
+        sections[section] = apply_values(sections[section], {key: value}, section)
+    return RunConfig(method=record["method"], benchmark=record["benchmark"], seed=record["seed"],
+                     preset=record["preset"], engine=sections["engine"], train=sections["train"],
+                     backbone=sections["backbone"], benchmark_cfg=sections["benchmark"], method_cfg=sections["method"])
+
+
+def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache: DataCache | None = None,
+           overrides: Sequence[Override] = (), on_task: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Continue a run that was killed, interrupted or stopped by an error, from its latest
+    checkpoint (see :mod:`clbench.engine.checkpoint`), in the same run directory.
+
+    ``overrides`` may change ``train.*`` and ``engine.*`` values (e.g. a lower learning rate
+    after a divergence); a changed training value marks the run non-comparable."""
+    run_dir = Path(run_dir)
+    try:
+        record = load_record(run_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{run_dir} is not a readable clbench run directory ({exc}). Pass the directory that "
+                          f"holds the run's record.json.") from None
+    if record["status"] == "complete":
+        return record
+    cfg = config_from_record(record, overrides)
+    changed = [f"{k}={v}" for k, v in overrides if not (k.startswith("engine.") and k.split(".")[1] in COMPARABLE_ENGINE)]
+    dist = current_dist(resolve_device(cfg.engine.device))
+    progress = _progress_for(progress, dist)
+    data, stream, method = build(cfg, cache)
+    protocol = record["protocol"]
+    if stream.order.tolist() != protocol["class_order"] or data.split_id != protocol["split_id"]:
+        raise DataError(f"The benchmark data differ from those the run in {run_dir} started with (class order or "
+                        f"split '{protocol['split_id']}'). Resume with the same data, or start a new run.")
+    if method.backbone.weights.to_dict() != protocol["weights"]:
+        raise WeightsError(f"The backbone weights differ from those the run started with "
+                           f"({protocol['weights']}). Resume with the same weights file, or start a new run.")
+    point = Checkpointer(run_dir / CHECKPOINT_DIR, dist=dist).load()
+    if point.tasks_done > len(record["tasks"]):
+        raise ConfigError(f"The checkpoint in {run_dir} is ahead of its record ({point.tasks_done} tasks vs "
+                          f"{len(record['tasks'])}); the record was not written. Start a new run.")
+    if changed:
+        method.noncomparable.append(f"resumed after task {point.tasks_done} with changed settings: {', '.join(changed)}")
+    recorder = RunRecorder.reopen(run_dir, record, point.tasks_done,
+                                  {**point.describe(), "overrides": [[k, str(v)] for k, v in overrides],
+                                   "world_size": dist.world_size, "hostname": socket.gethostname()},
+                                  write=dist.is_main)
+    recorder.record["config"] = cfg.to_dict()
+    return _train(cfg, stream, method, recorder, dist, progress, on_task, point)
+
+
+def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist: SingleProcess,
+           progress: ProgressReporter, on_task: Callable[[dict], None] | None,
+           point: ResumePoint | None) -> dict[str, Any]:
+    """Train through the stream, recording each task and checkpointing; the final record."""
+    run_dir = recorder.run_dir
+    checkpoint = Checkpointer(run_dir / CHECKPOINT_DIR, cfg.engine.checkpoint_every, dist)
 
     def task_end(task: Any, result: dict[str, Any]) -> None:
+        state = method.task_state()
         entry = {
             "index": task.index, "classes": list(task.classes), "lo": task.lo, "hi": task.hi,
             "n_train": len(stream.train_data(task.index, cumulative=method.cumulative_data)),
             **result,
             "method_log": _jsonable(method.task_log()),
-            "state": save_state(run_dir, task.index, method.task_state(), cfg.engine.save_task_state),
+            "state": save_state(run_dir, task.index, state, cfg.engine.save_task_state) if dist.is_main else None,
         }
         recorder.record["comparable"] = not method.noncomparable
         recorder.record["noncomparable_reasons"] = list(method.noncomparable)
@@ -240,16 +335,23 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
         a_t = recorder.record["accuracy_curve"][-1]
         progress.log(f"  {cfg.method} seed {cfg.seed} · task {task.index + 1}/{stream.n_tasks}: "
                      f"A_t {a_t:.2f}% · train {result['train_s']:.1f}s · eval {result['eval_s']:.1f}s")
-        if on_task is not None:
+        if on_task is not None and dist.is_main:
             on_task(recorder.record)
 
-    trainer = Trainer(method, stream, cfg, progress=progress, on_task_end=task_end)
+    trainer = Trainer(method, stream, cfg, progress=progress, dist=dist, on_task_end=task_end, checkpoint=checkpoint)
+    hint = f"continue it with: clbench run --resume {run_dir}"
     try:
-        trainer.fit()
-    except KeyboardInterrupt:
-        recorder.finish("interrupted", "interrupted by the user")
-        raise
+        trainer.fit(point)
+    except KeyboardInterrupt as exc:
+        recorder.finish("interrupted", f"interrupted ({exc or 'by the user'}); {hint}")
+        raise KeyboardInterrupt(f"The run stopped; finished tasks and a checkpoint are kept; {hint}") from None
+    except TrainingDiverged as exc:
+        message = f"{exc} To continue from the last checkpoint with other settings: clbench run --resume {run_dir} --set train.lr=..."
+        recorder.finish("failed", message)
+        raise TrainingDiverged(message) from None
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
-    return recorder.finish("complete")
+    record = recorder.finish("complete")
+    checkpoint.discard()
+    return record

@@ -4,17 +4,21 @@ Layout of a run directory (``<output_dir>/<benchmark>/<method>/<stamp>-s<seed>-<
 
     record.json              the record (schema: clbench/record_schema.json, docs/record.md)
     state/task_00.safetensors  the method's per-task state (adapters, prompts, heads)
+    checkpoint/              resume points while the run is not complete (clbench.engine.checkpoint)
 
 The record is rewritten after every task (``status: running``) and once more at the end
 (``complete``, ``failed`` or ``interrupted``), always through a temporary file and
 ``os.replace``, so a reader never sees a half-written file and a crash keeps every finished
 task. Directory names carry a random suffix and are created with ``mkdir`` (which fails if
-the name exists), so concurrent runs never share a directory.
+the name exists), so concurrent runs never share a directory. A write that fails (full disk,
+permissions) raises :class:`~clbench.errors.OutputError` naming the path and the fix and
+leaves the previous file in place.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import platform
@@ -23,10 +27,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -37,6 +41,8 @@ SCHEMA_VERSION = 1
 RECORD_NAME = "record.json"
 SCHEMA_PATH = Path(__file__).parent / "record_schema.json"
 STATE_LIMIT_BYTES = 64 << 20  # save_task_state=auto keeps per-task states up to this size
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
 
 
 def now() -> str:
@@ -44,21 +50,30 @@ def now() -> str:
 
 
 def _os_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem, fix = "the disk (or your quota) is full", "Free disk space or choose another disk with --output-dir"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        problem, fix = "the directory is not writable", "Fix its permissions or choose a writable directory with --output-dir"
+    else:
+        problem, fix = exc.strerror or str(exc), "Choose a writable directory with --output-dir"
     return OutputError(
-        f"Cannot write {path}: {exc.strerror or exc}. Free disk space or choose a writable "
-        f"directory with --output-dir (or --set engine.output_dir=...); records already "
-        f"written are untouched."
+        f"Cannot write {path}: {problem}. {fix} (or --set engine.output_dir=...); records "
+        f"already written are untouched."
     )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` through ``write(file)`` on a temporary file in the same directory, then
+    ``os.replace``: readers see the old file or the new one, never a part. A failure (disk
+    full, permissions) removes the temporary file, keeps the old one and raises
+    :class:`~clbench.errors.OutputError`."""
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -66,6 +81,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
         raise _os_error(path, exc) from exc
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_with`)."""
+    atomic_write_with(path, lambda fh: fh.write(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -155,25 +175,52 @@ def save_state(run_dir: Path, index: int, state: Mapping[str, Any], policy: str)
 
 
 class RunRecorder:
-    """Accumulates a run's record and rewrites ``record.json`` after every change."""
+    """Accumulates a run's record and rewrites ``record.json`` after every change.
 
-    def __init__(self, run_dir: Path, header: dict[str, Any]):
+    ``write=False`` keeps the record in memory only (ranks other than 0 of a multi-process
+    run build the same record but never write it).
+    """
+
+    def __init__(self, run_dir: Path, header: dict[str, Any], write: bool = True,
+                 record: dict[str, Any] | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / RECORD_NAME
-        self.record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "status": "running",
-                                       "created": now(), "finished": None, **header, "tasks": []}
+        self.write = write
+        self.record: dict[str, Any] = record if record is not None else {
+            "schema_version": SCHEMA_VERSION, "status": "running", "created": now(), "finished": None,
+            **header, "tasks": []}
         self._refresh()
+
+    @classmethod
+    def reopen(cls, run_dir: Path, record: dict[str, Any], tasks_done: int, resume_info: dict[str, Any],
+               write: bool = True) -> RunRecorder:
+        """Continue the record of a resumed run: keep its first ``tasks_done`` tasks (later
+        entries, written before the run was killed and not covered by its checkpoint, are
+        redone), set it running again and note the resume in ``resumes``."""
+        record = dict(record)
+        record["tasks"] = record["tasks"][:tasks_done]
+        record["status"], record["finished"] = "running", None
+        record.pop("error", None)
+        record["resumes"] = [*record.get("resumes", []), {"at": now(), **resume_info}]
+        return cls(run_dir, {}, write, record)
 
     def add_task(self, entry: dict[str, Any]) -> None:
         self.record["tasks"].append(entry)
         self._refresh()
 
     def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
+        """Set the final status and write. For ``failed``/``interrupted`` a write error is
+        noted on the record but not raised, so the original error stays the one reported."""
         self.record["status"] = status
         self.record["finished"] = now()
         if error:
             self.record["error"] = error
-        self._refresh()
+        try:
+            self._refresh()
+        except OutputError as exc:
+            if status == "complete":
+                raise
+            self.record["write_error"] = str(exc)
         return self.record
 
     def _refresh(self) -> None:
@@ -190,7 +237,8 @@ class RunRecorder:
         else:
             rec["accuracy_matrix"], rec["metrics"], rec["accuracy_curve"] = [], None, []
         rec["timing"] = {"train_s": sum(t["train_s"] for t in tasks), "eval_s": sum(t["eval_s"] for t in tasks)}
-        atomic_write_json(self.path, rec)
+        if self.write:
+            atomic_write_json(self.path, rec)
 
 
 def load_record(path: Path) -> dict[str, Any]:
