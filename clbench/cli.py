@@ -293,15 +293,12 @@ def bench_table(rows: list[dict], backbone: str) -> Table:
     return table
 
 
-from .cli_data import data_app  # noqa: E402  (clbench data ...)
-app.add_typer(data_app, name="data")
-
-
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="clbench")
 
 
+from . import cli_data  # noqa: E402,F401  (attaches 'data')
 from . import cli_report  # noqa: E402,F401  (attaches 'report' and 'landscape')
 from . import cli_sweep  # noqa: E402,F401  (attaches 'sweep')
 

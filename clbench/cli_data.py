@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 from rich.table import Table
 
-from .errors import ClbenchError, ConfigError, DataError
+from .cli import app, console, err_console, friendly
+from .errors import ConfigError, DataError
 
 data_app = typer.Typer(
     help="Real benchmarks: where their files go ('list'), verify them ('check'), fetch them ('download'), "
          "build the decoded cache that makes loading fast ('prepare'), and time the data path ('speed').",
     no_args_is_help=True,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def friendly(func: Callable) -> Callable:
-    """User errors become one paragraph and exit code 2 (as every clbench command)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ClbenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
-
+app.add_typer(data_app, name="data")
 
 DataRoot = Annotated[Path | None, typer.Option("--data-root", help="Folder holding the datasets (default: $CLBENCH_DATA_ROOT).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Benchmark option, e.g. benchmark.split=coda (repeatable).")]
