@@ -86,7 +86,7 @@ class Pipeline:
         sy, sx = stored.shape[0] / orig_h, stored.shape[1] / orig_w
         y0, x0 = min(round(top * sy), stored.shape[0] - 1), min(round(left * sx), stored.shape[1] - 1)
         y1, x1 = max(y0 + 1, round((top + h) * sy)), max(x0 + 1, round((left + w) * sx))
-        crop = torch.from_numpy(np.ascontiguousarray(stored[y0:y1, x0:x1])).permute(2, 0, 1)[None]
+        crop = torch.from_numpy(np.array(stored[y0:y1, x0:x1])).permute(2, 0, 1)[None]  # a writable copy of the memmap crop
         out = F.interpolate(crop, size=(self.size, self.size), mode=self.train_interp, antialias=True, align_corners=False)
         out = out[0].permute(1, 2, 0).numpy()
         if self.flip and torch.rand(1) < 0.5:
