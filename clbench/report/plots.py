@@ -41,6 +41,14 @@ class Figure:
     pdf: Path
 
 
+MARKERS = "osD^vP*Xph<>d"
+
+
+def method_colors(n: int) -> list:
+    """n distinguishable colours: tab10 up to ten methods, evenly spaced hues beyond."""
+    return sns.color_palette("tab10" if n <= 10 else "husl", n_colors=n)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "x"
 
@@ -73,16 +81,18 @@ def _band(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def accuracy_curves(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure:
     """A_t after each task per method: mean line, ± SE band over seeds."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, recs in groups.items():
+    colors = method_colors(len(groups))
+    for i, (label, recs) in enumerate(groups.items()):
         mean, se = _band([_curve(r) for r in recs])
         x = np.arange(1, len(mean) + 1)
-        line, = ax.plot(x, mean, marker="o", ms=4, label=f"{label} (n={len(recs)})")
-        ax.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.2, lw=0)
+        ax.plot(x, mean, marker=MARKERS[i % len(MARKERS)], ms=4, color=colors[i], label=f"{label} (n={len(recs)})")
+        ax.fill_between(x, mean - se, mean + se, color=colors[i], alpha=0.2, lw=0)
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("accuracy on all seen classes A_t (%)")
     ax.set_xticks(x)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # many methods: the legend goes beside the axes instead of over the curves
+    ax.legend(fontsize=8, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if len(groups) > 6 else {}))
     png, pdf = _save(fig, out_dir, name)
     return Figure("curve", f"Accuracy after each task: {title}",
                   "Sample-weighted accuracy on the test data of all classes seen so far, after each task; "
@@ -119,7 +129,7 @@ def _bars(ax: plt.Axes, labels: list[str], values: list[list[float]], ylabel: st
     means = [s[0] for s in stats]
     errs = [0 if math.isnan(s[1]) else s[1] for s in stats]
     x = np.arange(len(labels))
-    colors = sns.color_palette(n_colors=len(labels))
+    colors = method_colors(len(labels))
     ax.bar(x, means, yerr=errs, capsize=4, color=colors, alpha=0.8)
     for i, vals in enumerate(values):
         ax.scatter(np.full(len(vals), x[i]), vals, color="black", s=10, zorder=3)
