@@ -164,7 +164,8 @@ class SelectionLog:
     def add(self, ids: Tensor) -> None:
         if not self.active:
             return
-        hist = torch.bincount(ids.flatten(), minlength=self.n_ids)
+        flat = ids.flatten()  # index_add_ rather than bincount: no host sync per batch on CUDA
+        hist = torch.zeros(self.n_ids, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
         self._hist = hist if self._hist is None else self._hist + hist
         self._last = ids[:, 0] if ids.dim() == 2 else ids
 
@@ -173,8 +174,8 @@ class SelectionLog:
             return
         true = task_of_class[y]
         hit = (self._last == true).float()
-        correct = torch.bincount(true, weights=hit, minlength=self.n_tasks)
-        total = torch.bincount(true, minlength=self.n_tasks).float()
+        correct = hit.new_zeros(self.n_tasks).index_add_(0, true, hit)
+        total = hit.new_zeros(self.n_tasks).index_add_(0, true, torch.ones_like(hit))
         self._correct = correct if self._correct is None else self._correct + correct
         self._total = total if self._total is None else self._total + total
         self._last = None
