@@ -21,9 +21,9 @@ from typing import Literal
 
 import numpy as np
 
-from clbench.data.download import Source
+from clbench.data.download import Source, file_digest
 from clbench.data.splits import (Samples, SplitLists, coda_yaml, digest, existing_sizes, label_map_from_lists,
-                                 read_file_list, require_all_classes, sha256_of)
+                                 read_file_list, require_all_classes)
 from clbench.errors import DataError
 from clbench.registry import register_benchmark
 
@@ -105,7 +105,7 @@ class DomainNet(RealBenchmark):
                 parts[split][0] += paths
                 parts[split][1].append(labels)
                 parts[split][2].append(sizes)
-                shas.append(sha256_of(path))
+                shas.append(file_digest(path))
         samples = {s: Samples(dataset_dir, p[0], np.concatenate(p[1]), np.concatenate(p[2])) for s, p in parts.items()}
         names = label_map_from_lists([p.split("/")[-2] for p in samples["train"].paths + samples["test"].paths],
                                      np.concatenate([samples["train"].targets, samples["test"].targets]),

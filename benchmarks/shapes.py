@@ -179,7 +179,7 @@ def pretrain_backbone(out: str | None = None, n_classes: int = 400, per_class: i
 
     from clbench.backbones import ASSETS, create_backbone
     from clbench.config import BackboneConfig
-    from clbench.weights import sha256_file
+    from clbench.data.download import file_digest
 
     torch.manual_seed(seed)
     classes = [PRETRAIN_CLASS_BASE + i for i in range(n_classes)]
@@ -213,4 +213,4 @@ def pretrain_backbone(out: str | None = None, n_classes: int = 400, per_class: i
     state = {k: v.detach().half().contiguous() for k, v in backbone.vit.state_dict().items()}
     save_file(state, str(path), metadata={"source": "clbench pretrain-embedded", "classes": str(n_classes),
                                           "per_class": str(per_class), "epochs": str(epochs), "seed": str(seed)})
-    return sha256_file(path)
+    return file_digest(path)

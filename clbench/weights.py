@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .data.download import file_digest
 from .errors import WeightsError
 
 
@@ -36,15 +37,6 @@ class WeightsInfo:
 
     def to_dict(self) -> dict:
         return {"source": self.source, "path": self.path, "sha256": self.sha256, "tag": self.tag}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hf_repo_id(model) -> str | None:
@@ -194,7 +186,7 @@ def load_weights_file(model: torch.nn.Module, path: Path, name: str) -> None:
 
 
 def check_sha256(path: Path, expected: str | None) -> str:
-    digest = sha256_file(path)
+    digest = file_digest(path)
     if expected and digest != expected.lower():
         raise WeightsError(
             f"Weights file {path} has SHA-256 {digest}, but backbone.weights_sha256 expects "

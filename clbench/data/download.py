@@ -45,26 +45,34 @@ class Source:
         return None
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
+def file_digests(path: str | Path, *algorithms: str) -> dict[str, str]:
+    """Hex digests of a file under each hashlib algorithm, from one read."""
+    hashes = {a: hashlib.new(a) for a in algorithms}
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
+            for h in hashes.values():
+                h.update(block)
+    return {a: h.hexdigest() for a, h in hashes.items()}
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (SHA-256 by default)."""
+    return file_digests(path, algorithm)[algorithm]
 
 
 def verify(path: Path, source: Source) -> str | None:
     """Raise if ``path`` does not match the source's published checksum; returns its sha256."""
     expected = source.checksum
-    if expected is not None:
-        algorithm, want = expected
-        got = file_digest(path, algorithm)
+    algorithm, want = expected if expected is not None else ("sha256", None)
+    digests = file_digests(path, *dict.fromkeys((algorithm, "sha256")))  # one read for both
+    if want is not None:
+        got = digests[algorithm]
         if got != want:
             raise DataError(
                 f"{path} has {algorithm} {got}, but {source.filename} should have {want}. The file is corrupt, "
                 f"truncated or a different version: delete it and download it again."
             )
-    return file_digest(path, "sha256") if expected is None or expected[0] != "sha256" else expected[1]
+    return digests["sha256"]
 
 
 def fetch(url: str, dest: Path, on_progress: Callable[[int, int | None], None] | None = None,

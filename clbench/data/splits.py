@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .download import file_digest
 from .images import IMG_EXTENSIONS
 
 
@@ -73,14 +74,6 @@ def digest(*parts: Any, n: int = 12) -> str:
             h.update(str(part).encode())
         h.update(b"\x00")
     return h.hexdigest()[:n]
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- folders
@@ -167,7 +160,7 @@ def read_yaml_list(path: Path, expected_sha256: str | None, verify: bool) -> tup
 
     if not path.is_file():
         raise DataError(f"Split file {path} does not exist.")
-    sha = sha256_of(path)
+    sha = file_digest(path)
     if verify and expected_sha256 and sha != expected_sha256:
         raise DataError(
             f"Split file {path} has sha256 {sha}, but the published CODA-Prompt file has {expected_sha256}. "
