@@ -70,6 +70,7 @@ class Cifar100(RealBenchmark):
     name = "cifar100"
     title = "CIFAR-100"
     n_classes = 100
+    stored_decoded = True  # python pickles of uint8 arrays
 
     def dirnames(self, cfg: Cifar100Config) -> tuple[str, ...]:
         return ("cifar-100-python",)

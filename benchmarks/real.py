@@ -67,6 +67,7 @@ class RealBenchmark(Benchmark):
     name: ClassVar[str] = ""  # the registered name
     title: ClassVar[str] = ""  # e.g. 'ImageNet-R'
     n_classes: ClassVar[int] = 0
+    stored_decoded: ClassVar[bool] = False  # images already decoded on disk (no file lists, no decoded cache)
 
     # ------------------------------------------------------------------ what subclasses say
     def dirnames(self, cfg: RealBenchmarkConfig) -> tuple[str, ...]:

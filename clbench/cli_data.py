@@ -208,8 +208,8 @@ def prepare(
     from .data.cache import build_cache, cache_root
 
     bench, cfg = real_benchmark(benchmark, data_root, set_, cache_dir)
-    if benchmark == "cifar100":
-        console.print("cifar100 is stored decoded already (python pickles); it needs no cache.")
+    if bench.stored_decoded:
+        console.print(f"{benchmark} is stored decoded already; it needs no cache.")
         return
     lists = bench.lists(cfg)
     pipe = bench.pipeline(cfg)
@@ -243,12 +243,15 @@ def speed(
         worker_counts = [int(w) for w in workers.split(",") if w.strip()]
     except ValueError:
         raise ConfigError(f"--workers must be comma-separated integers, e.g. 0,4; got '{workers}'.") from None
-    lists, transforms, size = None, "pilot", 224
+    lists, transforms, size, pipe = None, "pilot", 224, None
     if benchmark:
         bench, cfg = real_benchmark(benchmark, data_root, set_)
-        lists, transforms, size = bench.lists(cfg), cfg.transforms, cfg.image_size
+        if bench.stored_decoded:
+            raise ConfigError(f"{benchmark} is stored decoded already (no image files, no cache to compare): "
+                              f"'clbench data speed' times image-file benchmarks such as imagenet_r.")
+        lists, transforms, size, pipe = bench.lists(cfg), cfg.transforms, cfg.image_size, bench.pipeline(cfg)
     result = speed_mod.run(images, workers=worker_counts, lists=lists, transforms=transforms, image_size=size,
-                           log=err_console.print)
+                           pipe=pipe, log=err_console.print)
     table = Table(title=f"data path: {result['source']}, {result['images']} images, {transforms} transforms, "
                         f"{size} px", title_justify="left")
     for col in ("transform", "workers", "files img/s", "cache img/s", "speed-up"):

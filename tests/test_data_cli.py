@@ -68,6 +68,15 @@ def test_cifar_check_verifies_the_published_file_checksums(tmp_path):
     assert result.output.count("expected 16019d7e3df5f24257cddd939b257f8d") == 1
 
 
+def test_decoded_benchmarks_need_no_cache_and_have_no_file_speed(tmp_path):
+    ff.cifar100(tmp_path, 1, 1)
+    args = ("--data-root", tmp_path, "--set", "benchmark.check_counts=false")
+    prepared = invoke("data", "prepare", "cifar100", *args)
+    assert prepared.exit_code == 0 and "needs no cache" in prepared.output
+    timed = invoke("data", "speed", "--benchmark", "cifar100", "--images", 4, *args)
+    assert timed.exit_code == 2 and "stored decoded already" in timed.output and timed.exception.__class__ is SystemExit
+
+
 def test_run_prepare_run_on_imagenet_r(tmp_path):
     root, out = tmp_path / "data", tmp_path / "results"
     ff.presplit(root, "imagenet-r", ff.wnids(4), 6, 3, size=(48, 36))

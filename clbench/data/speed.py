@@ -107,10 +107,11 @@ def measure(lists: SplitLists, pipe: Pipeline, cache_root: Path, workers: list[i
 
 def run(n_images: int = 512, size: tuple[int, int] = (500, 375), workers: list[int] | None = None,
         image_size: int = 224, transforms: str = "pilot", lists: SplitLists | None = None, min_seconds: float = 2.0,
-        log=print) -> dict[str, Any]:
-    """The whole measurement; on synthetic files unless ``lists`` (a real benchmark's) is given."""
+        pipe: Pipeline | None = None, log=print) -> dict[str, Any]:
+    """The whole measurement; on synthetic files unless ``lists`` (a real benchmark's, with its
+    ``pipe``) is given."""
     workers = workers if workers is not None else [0]
-    pipe = pipeline(transforms, image_size)
+    pipe = pipe or pipeline(transforms, image_size)
     with tempfile.TemporaryDirectory(prefix="clbench-speed-") as tmp:
         tmp_path = Path(tmp)
         if lists is None:
