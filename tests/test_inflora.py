@@ -7,6 +7,7 @@ import torch
 
 from clbench.engine.state import restore_state
 from clbench.methods.inflora import SubspaceMemory, memory_threshold
+import clbench.benchmarks  # noqa: F401  (registers the presets this file checks)
 from clbench.presets import PRESETS
 
 from conftest import tiny_vit

@@ -5,6 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from clbench.config import BackboneConfig, BenchmarkConfig, TrainConfig, apply_values
+import clbench.benchmarks  # noqa: F401  (registers the presets this file checks)
 from clbench.presets import PRESETS
 from clbench.prompting import batch_vote, frozen_query, kv_prefixes, select_top_k
 from clbench.registry import METHODS

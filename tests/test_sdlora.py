@@ -11,6 +11,7 @@ from clbench.adapters import QKV_INDEX
 from clbench.backbones import Backbone
 from clbench.config import apply_values
 from clbench.methods.base import StreamInfo
+import clbench.benchmarks  # noqa: F401  (registers the presets this file checks)
 from clbench.presets import PRESETS
 from clbench.registry import METHODS
 from clbench.weights import WeightsInfo
