@@ -6,7 +6,7 @@ apply whenever no ``--preset`` is given.
 
 from __future__ import annotations
 
-from clbench.presets import Preset, register_preset
+from clbench.presets import add_preset
 
 # --- shapes (embedded default): clbench's own settings, tuned on this benchmark's first seed.
 for _method, _values in {
@@ -14,4 +14,4 @@ for _method, _values in {
     "joint": {"train.lr": 0.01},
     "lora": {"train.lr": 0.05},
 }.items():
-    register_preset(Preset("default", _method, "shapes", _values, source="clbench defaults for 'shapes'"))
+    add_preset("default", _method, "shapes", _values, "clbench defaults for 'shapes'")

@@ -20,17 +20,14 @@ paper's numbers are recalled, not re-verified (methods.md §6.6), with standard 
 
 from __future__ import annotations
 
-from clbench.presets import Preset, Reported, register_preset
+from clbench.presets import Reported, add_preset
 
-SDLORA_BACKBONE = "vit_base_patch16_224.augreg2_in21k_ft_in1k"  # what the SD-LoRA logs load
+from .real import SDLORA_BACKBONE  # what the SD-LoRA logs load
+
 INFLORA_BACKBONE = "vit_base_patch16_224.augreg_in21k"  # InfLoRA's vit_base_patch16_224_in21k
 SDLORA_TABLES = "SD-LoRA (Wu et al., ICLR 2025)"
 SDLORA_METHODS = ("sdlora", "sdlora-rr", "sdlora-kd")
 
-
-def _preset(name: str, method: str, benchmark: str, values: dict, source: str,
-            reported: Reported | None = None, **when: int) -> None:
-    register_preset(Preset(name, method, benchmark, values, when=when, source=source, reported=reported))
 
 
 # --------------------------------------------------------------------- shapes (embedded default)
@@ -45,7 +42,7 @@ for _method, _values in {
     "inflora": {"train.lr": 0.001},
     "inflora-b5": {"train.lr": 0.001},
 }.items():
-    register_preset(Preset("default", _method, "shapes", _values, source="clbench defaults for 'shapes'"))
+    add_preset("default", _method, "shapes", _values, "clbench defaults for 'shapes'")
 
 # --------------------------------------------------------------------- SD-LoRA family
 _SDL = {"backbone.name": SDLORA_BACKBONE, "method.mode": "official", "method.rank": 10,
@@ -101,7 +98,7 @@ for (_bench, _n), (_values, _where, _table) in _SDL_SETTINGS.items():
         _extra = {"sdlora-rr": " Rank schedule 10/8/6 from 0-indexed tasks 4 and 8 (the commented-out block "
                                "of models/sdlora.py).",
                   "sdlora-kd": " KD: tau 9e-4 (Sec. 4.1); the official repository has no KD code."}.get(_method, "")
-        _preset("paper", _method, _bench, {**_SDL, **_values},
+        add_preset("paper", _method, _bench, {**_SDL, **_values},
                 f"{SDLORA_TABLES}, official code WuYichen-97/SD-Lora-CL: {_where}; SGD momentum 0.9, "
                 f"batch 128, rank 10, magnitudes 0.8 reset per task.{_extra}",
                 Reported(_acc, _aaa, _acc_se, _aaa_se, f"{SDLORA_TABLES} {_table}, mean (SE) of 5 runs"), n_tasks=_n)
@@ -117,18 +114,18 @@ _INF_PAPER = "InfLoRA (Liang & Li, CVPR 2024)"
 _INF_SPLIT_NOTE = ("; the official ImageNet-R split is an unseeded random 80/20 made on first use, not reproducible: "
                    "clbench's default split is used")
 
-_preset("paper", "inflora", "cifar100", {**_INF, "train.epochs": 20, "method.lamb": 0.95},
+add_preset("paper", "inflora", "cifar100", {**_INF, "train.epochs": 20, "method.lamb": 0.95},
         "liangyanshuo/InfLoRA configs/cifar100_inflora.json (Adam 5e-4, cosine, 20 epochs, lamb 0.95, DualGPM)",
         Reported(86.51, 91.70, source=f"{_INF_PAPER}, ACC_T / mean ACC, +- 0.73 / 0.32 std of 5 trials (recalled)"),
         n_tasks=10)
 for _n, (_acc, _acc_sd, _aaa, _aaa_sd) in {5: (77.52, 0.37, 82.01, 0.12), 10: (75.65, 0.14, 80.82, 0.24),
                                           20: (71.01, 0.45, 77.28, 0.45)}.items():
-    _preset("paper", "inflora", "imagenet_r", {**_INF, "train.epochs": 50, "method.lamb": 0.98},
+    add_preset("paper", "inflora", "imagenet_r", {**_INF, "train.epochs": 50, "method.lamb": 0.98},
             f"liangyanshuo/InfLoRA configs/mimg{_n}_inflora.json (Adam 5e-4, cosine, 50 epochs, "
             f"lamb 0.98, DualGPM){_INF_SPLIT_NOTE}",
             Reported(_acc, _aaa, source=f"{_INF_PAPER}, ImageNet-R {_n} tasks, +- {_acc_sd} / {_aaa_sd} std of 5 "
                                          f"trials (recalled)"), n_tasks=_n)
-_preset("paper", "inflora", "domainnet", _INF_DOMAIN,
+add_preset("paper", "inflora", "domainnet", _INF_DOMAIN,
         "liangyanshuo/InfLoRA configs/domainnet_inflora.json + methods/inflora_domain.py (SGD, LoRA lr 5e-3, head "
         "lr 1e-2, x0.1 at epoch 4, 5 epochs, rank 30, lamb 0.95, GPM; CODA DomainNet split)",
         Reported(74.53, 79.57, source=f"{_INF_PAPER}, DomainNet, +- 0.23 / 0.57 std of 5 trials (recalled)"),
@@ -141,15 +138,15 @@ _B5_DOMAIN = {**_INF_DOMAIN}
 _B5_SOURCE = ("liangyanshuo/InfLoRA methods/inflorab5.py, configs/*_inflorab5.json at e08b00e (Adam, cosine, "
               "batch 128, rank 10, GPM)")
 
-_preset("paper", "inflora-b5", "cifar100", _B5_CIFAR,
+add_preset("paper", "inflora-b5", "cifar100", _B5_CIFAR,
         f"{_B5_SOURCE}: CIFAR-100 lr 1e-3, 20 epochs, lamb 0.95 (no CIFAR number in the InfLoRA paper)", n_tasks=10)
 for _n, (_acc, _acc_sd, _aaa, _aaa_sd) in {5: (76.95, 0.23, 81.81, 0.14), 10: (74.75, 0.64, 80.67, 0.55),
                                           20: (69.89, 0.56, 76.68, 0.57)}.items():
-    _preset("paper", "inflora-b5", "imagenet_r", {**_INF, "train.epochs": 50, "method.lamb": _B5_INR_LAMB[_n]},
+    add_preset("paper", "inflora-b5", "imagenet_r", {**_INF, "train.epochs": 50, "method.lamb": _B5_INR_LAMB[_n]},
             f"{_B5_SOURCE}: ImageNet-R lr 5e-4, 50 epochs, lamb {_B5_INR_LAMB[_n]}{_INF_SPLIT_NOTE}",
             Reported(_acc, _aaa, source=f"{_INF_PAPER}, InfLoRA-b5, ImageNet-R {_n} tasks, +- {_acc_sd} / {_aaa_sd} "
                                          f"std of 5 trials (recalled)"), n_tasks=_n)
-_preset("paper", "inflora-b5", "domainnet", _B5_DOMAIN,
+add_preset("paper", "inflora-b5", "domainnet", _B5_DOMAIN,
         "liangyanshuo/InfLoRA methods/inflorab5_domain.py, configs/domainnet_inflorab5.json (SGD, LoRA lr 5e-3, "
         "head lr 1e-2, x0.1 at epoch 4, 5 epochs, rank 30, lamb 0.95, GPM; CODA DomainNet split)",
         Reported(71.59, 78.29, source=f"{_INF_PAPER}, InfLoRA-b5, DomainNet, +- 0.23 / 0.50 std (recalled)"),
@@ -178,7 +175,7 @@ for (_bench, _n), (_values, _acc, _acc_se, _aaa, _aaa_se, _table, _note) in {
                      | {"benchmark.order_seed": 1993}, 70.82, 0.23, 81.39, 0.14, "Table 6",
                      "; CIFAR-100 b5 settings and the b5 reading assumed"),
 }.items():
-    _preset("sdlora", "inflora-b5", _bench, {**_values, **_SDL_PROTOCOL},
+    add_preset("sdlora", "inflora-b5", _bench, {**_values, **_SDL_PROTOCOL},
             f"{_B5_SOURCE} under the SD-LoRA protocol ({SDLORA_TABLES} re-run){_note}",
             Reported(_acc, _aaa, _acc_se, _aaa_se, f"{SDLORA_TABLES} {_table} 'InfLoRA', mean (SE) of 5 runs"),
             n_tasks=_n)

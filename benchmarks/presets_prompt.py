@@ -21,19 +21,16 @@ the source string, not as ``acc_se``.
 
 from __future__ import annotations
 
-from clbench.presets import Preset, Reported, register_preset
+from clbench.presets import Reported, add_preset
 
-SDLORA_BACKBONE = "vit_base_patch16_224.augreg2_in21k_ft_in1k"  # what the SD-LoRA logs load
+from .real import SDLORA_BACKBONE  # what the SD-LoRA logs load
+
 IN21K = "vit_base_patch16_224.orig_in21k"  # ViT-B_16.npz (L2P/DualPrompt/HiDe ports)
 IN21K_FT_IN1K = "vit_base_patch16_224.orig_in21k_ft_in1k"  # timm 0.4.12 vit_base_patch16_224 (CODA)
 SDLORA_TABLES = "SD-LoRA (Wu et al., ICLR 2025) Tables 2-3, mean (standard error) of 5 runs"
 SEEDED_1993 = {"benchmark.class_order": "seeded", "benchmark.order_seed": 1993}
 NATURAL = {"benchmark.class_order": "natural"}
 
-
-def _preset(name: str, method: str, benchmark: str, values: dict, source: str,
-            reported: Reported | None = None, **when: int) -> None:
-    register_preset(Preset(name, method, benchmark, values, when=when, source=source, reported=reported))
 
 
 # --------------------------------------------------------------------- shapes (embedded default)
@@ -46,12 +43,12 @@ for _method, _values in {
     "hide-prompt": {"train.lr": 0.01, "method.length": 4, "method.n_centroids": 5, "method.align_epochs": 10,
                     "method.tii_lr_scale": 0.5, "method.tii_align_lr": 0.01, "method.tap_lr": 0.01},
 }.items():
-    register_preset(Preset("default", _method, "shapes", _values, source="clbench defaults for 'shapes'"))
+    add_preset("default", _method, "shapes", _values, "clbench defaults for 'shapes'")
 
 # --------------------------------------------------------------------- L2P
 _L2P_PT = {"method.pool_size": 10, "method.prompt_length": 5, "method.top_k": 5, "method.pull_coeff": 0.1,
            "train.optimizer": "adam", "train.lr": 0.001875, "train.schedule": "constant", "train.weight_decay": 0.0}
-_preset("paper", "l2p", "cifar100",
+add_preset("paper", "l2p", "cifar100",
         {**_L2P_PT, "train.epochs": 5, "train.batch_size": 16, "train.grad_clip": 1.0, "backbone.name": IN21K,
          **NATURAL},
         "JH-LEE-KR/l2p-pytorch configs/cifar100_l2p.py (lr 0.03x16/256, clip 1.0; batch vote at test in the "
@@ -63,11 +60,11 @@ _SDL_L2P_SOURCE = ("WuYichen-97/SD-Lora-CL exps/l2p_inr.json (PILOT L2P: 10 epoc
                    "batch vote at train and test in the source)")
 for _n, (_acc, _acc_se, _aaa, _aaa_se) in {5: (73.04, 0.71, 76.94, 0.41), 10: (71.26, 0.44, 76.13, 0.46),
                                            20: (68.97, 0.51, 74.16, 0.32)}.items():
-    _preset("sdlora", "l2p", "imagenet_r", _L2P_SDL, _SDL_L2P_SOURCE,
+    add_preset("sdlora", "l2p", "imagenet_r", _L2P_SDL, _SDL_L2P_SOURCE,
             Reported(_acc, _aaa, _acc_se, _aaa_se, f"{SDLORA_TABLES}, ImageNet-R N={_n}"), n_tasks=_n)
-_preset("sdlora", "l2p", "imagenet_a", _L2P_SDL, _SDL_L2P_SOURCE + "; IN-R config assumed for ImageNet-A",
+add_preset("sdlora", "l2p", "imagenet_a", _L2P_SDL, _SDL_L2P_SOURCE + "; IN-R config assumed for ImageNet-A",
         Reported(42.94, 51.40, 1.27, 1.95, f"{SDLORA_TABLES}, ImageNet-A N=10"), n_tasks=10)
-_preset("sdlora", "l2p", "domainnet", _L2P_SDL, _SDL_L2P_SOURCE + "; IN-R config assumed for DomainNet",
+add_preset("sdlora", "l2p", "domainnet", _L2P_SDL, _SDL_L2P_SOURCE + "; IN-R config assumed for DomainNet",
         Reported(70.26, 75.83, 0.25, 0.98, f"{SDLORA_TABLES}, DomainNet N=5"), n_tasks=5)
 
 # --------------------------------------------------------------------- DualPrompt
@@ -75,13 +72,13 @@ _DP = {"method.g_length": 5, "method.g_layers": (0, 1), "method.e_layers": (2, 3
        "method.shared_pool": True, "train.optimizer": "adam", "train.schedule": "constant",
        "train.weight_decay": 0.0, "train.batch_size": 24}
 _DP_PAPER = {**_DP, "method.pull_coeff": 1.0, "train.grad_clip": 1.0, "backbone.name": IN21K, **NATURAL}
-_preset("paper", "dualprompt", "cifar100",
+add_preset("paper", "dualprompt", "cifar100",
         {**_DP_PAPER, "method.e_length": 5, "train.lr": 0.0028125, "train.epochs": 5},
         "JH-LEE-KR/dualprompt-pytorch configs/cifar100_dualprompt.py (lr 0.03x24/256; batch vote at test in the "
         "source); A_T 86.51 +- 0.33 std (task-averaged; DualPrompt paper, ECCV 2022)",
         Reported(86.51, source="DualPrompt paper (ECCV 2022), Split CIFAR-100, via dualprompt-pytorch README"),
         n_tasks=10)
-_preset("paper", "dualprompt", "imagenet_r",
+add_preset("paper", "dualprompt", "imagenet_r",
         {**_DP_PAPER, "method.e_length": 20, "train.lr": 0.00046875, "train.epochs": 50},
         "JH-LEE-KR/dualprompt-pytorch configs/imr_dualprompt.py (lr 0.005x24/256, per-sample selection); "
         "A_T 68.13 +- 0.49 std (task-averaged; DualPrompt paper, ECCV 2022)",
@@ -93,11 +90,11 @@ _SDL_DP_SOURCE = ("WuYichen-97/SD-Lora-CL exps/dualprompt_inr.json (PILOT DualPr
                   "lambda 0.1, no clipping; batch vote at test in the source)")
 for _n, (_acc, _acc_se, _aaa, _aaa_se) in {5: (69.99, 0.57, 72.24, 0.41), 10: (68.22, 0.20, 73.81, 0.39),
                                            20: (65.23, 0.45, 71.30, 0.16)}.items():
-    _preset("sdlora", "dualprompt", "imagenet_r", _DP_SDL, _SDL_DP_SOURCE,
+    add_preset("sdlora", "dualprompt", "imagenet_r", _DP_SDL, _SDL_DP_SOURCE,
             Reported(_acc, _aaa, _acc_se, _aaa_se, f"{SDLORA_TABLES}, ImageNet-R N={_n}"), n_tasks=_n)
-_preset("sdlora", "dualprompt", "imagenet_a", _DP_SDL, _SDL_DP_SOURCE + "; IN-R config assumed for ImageNet-A",
+add_preset("sdlora", "dualprompt", "imagenet_a", _DP_SDL, _SDL_DP_SOURCE + "; IN-R config assumed for ImageNet-A",
         Reported(45.49, 54.68, 0.96, 1.24, f"{SDLORA_TABLES}, ImageNet-A N=10"), n_tasks=10)
-_preset("sdlora", "dualprompt", "domainnet", _DP_SDL, _SDL_DP_SOURCE + "; IN-R config assumed for DomainNet",
+add_preset("sdlora", "dualprompt", "domainnet", _DP_SDL, _SDL_DP_SOURCE + "; IN-R config assumed for DomainNet",
         Reported(68.26, 73.84, 0.90, 0.45, f"{SDLORA_TABLES}, DomainNet N=5"), n_tasks=5)
 
 # --------------------------------------------------------------------- CODA-Prompt
@@ -109,24 +106,24 @@ _CODA_PAPER = {**_CODA, "backbone.name": IN21K_FT_IN1K}
 _CODA_SOURCE = ("GT-RIPL/CODA-Prompt experiments/*.sh and models/zoo.py (--prompt_param 100 8 0.0, Adam 1e-3, "
                 "cosine, batch 128); A_N from the CODA-Prompt paper (CVPR 2023), task-averaged, +- std of 5 seeds")
 for _n, (_acc, _std) in {5: (76.51, 0.38), 10: (75.45, 0.56), 20: (72.37, 1.19)}.items():
-    _preset("paper", "coda-prompt", "imagenet_r", {**_CODA_PAPER, "train.epochs": 50},
+    add_preset("paper", "coda-prompt", "imagenet_r", {**_CODA_PAPER, "train.epochs": 50},
             f"{_CODA_SOURCE}: {_acc} +- {_std} (recalled, unverified)",
             Reported(_acc, source=f"CODA-Prompt paper (CVPR 2023), ImageNet-R {_n} tasks"), n_tasks=_n)
-_preset("paper", "coda-prompt", "cifar100", {**_CODA_PAPER, "train.epochs": 20},
+add_preset("paper", "coda-prompt", "cifar100", {**_CODA_PAPER, "train.epochs": 20},
         f"{_CODA_SOURCE}: 86.25 +- 0.74 (recalled, unverified)",
         Reported(86.25, source="CODA-Prompt paper (CVPR 2023), CIFAR-100 10 tasks"), n_tasks=10)
-_preset("paper", "coda-prompt", "domainnet", {**_CODA_PAPER, "train.epochs": 5},
+add_preset("paper", "coda-prompt", "domainnet", {**_CODA_PAPER, "train.epochs": 5},
         f"{_CODA_SOURCE}: 73.24 +- 0.59 (recalled, unverified)",
         Reported(73.24, source="CODA-Prompt paper (CVPR 2023), DomainNet 5 tasks"), n_tasks=5)
 _CODA_SDL = {**_CODA, "backbone.name": SDLORA_BACKBONE, "train.epochs": 50}
 _SDL_CODA_SOURCE = "WuYichen-97/SD-Lora-CL exps/coda_prompt*.json (PILOT CODA-P: as the official code, natural order)"
 for _n, (_acc, _acc_se, _aaa, _aaa_se) in {5: (76.63, 0.27, 80.30, 0.28), 10: (74.05, 0.41, 78.14, 0.39),
                                            20: (69.38, 0.33, 73.95, 0.63)}.items():
-    _preset("sdlora", "coda-prompt", "imagenet_r", _CODA_SDL, _SDL_CODA_SOURCE,
+    add_preset("sdlora", "coda-prompt", "imagenet_r", _CODA_SDL, _SDL_CODA_SOURCE,
             Reported(_acc, _aaa, _acc_se, _aaa_se, f"{SDLORA_TABLES}, ImageNet-R N={_n}"), n_tasks=_n)
-_preset("sdlora", "coda-prompt", "imagenet_a", _CODA_SDL, _SDL_CODA_SOURCE + "; IN-R config assumed for ImageNet-A",
+add_preset("sdlora", "coda-prompt", "imagenet_a", _CODA_SDL, _SDL_CODA_SOURCE + "; IN-R config assumed for ImageNet-A",
         Reported(45.36, 57.03, 0.78, 0.94, f"{SDLORA_TABLES}, ImageNet-A N=10"), n_tasks=10)
-_preset("sdlora", "coda-prompt", "domainnet", {**_CODA_SDL, "train.epochs": 5},
+add_preset("sdlora", "coda-prompt", "domainnet", {**_CODA_SDL, "train.epochs": 5},
         _SDL_CODA_SOURCE + "; 5 epochs as the official DomainNet script",
         Reported(70.58, 76.68, 0.53, 0.44, f"{SDLORA_TABLES}, DomainNet N=5"), n_tasks=5)
 
@@ -141,10 +138,10 @@ _HIDE_IMR = {**_HIDE, "method.length": 20, "method.reg": 0.5, "train.epochs": 15
 _HIDE_SOURCE = ("thu-ml/HiDe-Prompt training_scripts/train_{imr,cifar100}_vit.sh + configs/*_hideprompt_5e.py "
                 "(prompt lr 0.03x24/256, head x0.1, TII lr 5e-4x24/256 trained in the main loop here, "
                 "30 alignment epochs)")
-_preset("paper", "hide-prompt", "imagenet_r", {**_HIDE_IMR, "backbone.name": IN21K, **NATURAL},
+add_preset("paper", "hide-prompt", "imagenet_r", {**_HIDE_IMR, "backbone.name": IN21K, **NATURAL},
         _HIDE_SOURCE + "; FAA 75.06 +- 0.12, CAA 76.60 (task-averaged; HiDe-Prompt paper, NeurIPS 2023)",
         Reported(75.06, 76.60, source="HiDe-Prompt paper (NeurIPS 2023), Split ImageNet-R, Sup-21K"), n_tasks=10)
-_preset("paper", "hide-prompt", "cifar100",
+add_preset("paper", "hide-prompt", "cifar100",
         {**_HIDE, "method.length": 5, "method.reg": 0.1, "train.epochs": 50, "train.schedule": "multistep",
          "train.milestones": (30,), "train.gamma": 0.1, "backbone.name": IN21K, **NATURAL},
         _HIDE_SOURCE + "; FAA 92.61 +- 0.28, CAA 94.03 (task-averaged; recalled, unverified)",
@@ -154,9 +151,9 @@ _SDL_HIDE_SOURCE = ("HiDe-Prompt ImageNet-R hyperparameters (the SD-LoRA repo sh
                     "on the SD-LoRA protocol")
 for _n, (_acc, _acc_se, _aaa, _aaa_se) in {5: (74.77, 0.25, 78.15, 0.24), 10: (74.65, 0.14, 78.46, 0.18),
                                            20: (73.59, 0.19, 77.93, 0.19)}.items():
-    _preset("sdlora", "hide-prompt", "imagenet_r", _HIDE_SDL, _SDL_HIDE_SOURCE,
+    add_preset("sdlora", "hide-prompt", "imagenet_r", _HIDE_SDL, _SDL_HIDE_SOURCE,
             Reported(_acc, _aaa, _acc_se, _aaa_se, f"{SDLORA_TABLES}, ImageNet-R N={_n}"), n_tasks=_n)
-_preset("sdlora", "hide-prompt", "imagenet_a", _HIDE_SDL, _SDL_HIDE_SOURCE,
+add_preset("sdlora", "hide-prompt", "imagenet_a", _HIDE_SDL, _SDL_HIDE_SOURCE,
         Reported(42.70, 56.32, 0.60, 0.40, f"{SDLORA_TABLES}, ImageNet-A N=10"), n_tasks=10)
-_preset("sdlora", "hide-prompt", "domainnet", _HIDE_SDL, _SDL_HIDE_SOURCE,
+add_preset("sdlora", "hide-prompt", "domainnet", _HIDE_SDL, _SDL_HIDE_SOURCE,
         Reported(72.20, 77.01, 0.08, 0.04, f"{SDLORA_TABLES}, DomainNet N=5"), n_tasks=5)

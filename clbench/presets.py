@@ -55,6 +55,12 @@ def register_preset(preset: Preset) -> Preset:
     return preset
 
 
+def add_preset(name: str, method: str, benchmark: str, values: dict[str, Any], source: str,
+               reported: Reported | None = None, **when: Any) -> Preset:
+    """Register a preset from its parts; ``when`` holds benchmark conditions (e.g. ``n_tasks=10``)."""
+    return register_preset(Preset(name, method, benchmark, values, when=when, source=source, reported=reported))
+
+
 def find_preset(name: str | None, method: str, benchmark: str, bench_values: dict[str, Any]) -> Preset | None:
     """The preset ``name`` (or ``default``) for this method/benchmark setting, if any.
 
