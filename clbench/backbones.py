@@ -6,8 +6,8 @@ registered with :func:`~clbench.registry.register_backbone`) and resolves its we
 
 * :meth:`Backbone.forward_tokens` / :meth:`Backbone.forward`: all tokens after the final
   norm, and the pooled feature (timm's own pooling, e.g. the [CLS] token);
-* :meth:`Backbone.qkv` and :data:`QKV_SLICES`: the fused ``qkv`` projection of a block and
-  the q/k/v row ranges inside it (for LoRA-style adapters, see :mod:`clbench.adapters`);
+* :meth:`Backbone.qkv`: the fused ``qkv`` projection of a block, whose q/k/v row ranges
+  :class:`clbench.adapters.QKVLowRank` adapts;
 * :meth:`Backbone.prompted`: extra tokens at the input (prompt tuning) and per-sample
   key/value prefixes inside chosen blocks (prefix tuning), with timm's fused
   scaled-dot-product attention left in place. Both work through forward hooks: a prefixed
@@ -104,10 +104,6 @@ class Backbone(nn.Module):
         return self.pool(self.forward_tokens(x))
 
     # ------------------------------------------------------------------ structure
-    @property
-    def blocks(self) -> nn.Sequential:
-        return self.vit.blocks
-
     @property
     def depth(self) -> int:
         return len(self.vit.blocks)

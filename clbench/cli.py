@@ -84,7 +84,7 @@ def run(
     methods: Annotated[str, typer.Option("--methods", "-m", help="Comma-separated method names (see 'clbench list').")] = "",
     benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Benchmark name; default: the embedded 'shapes'.")] = "shapes",
     seeds: Annotated[str, typer.Option("--seeds", "-s", help="Comma-separated seeds; each seeds the class order and training.")] = "1993",
-    preset: Annotated[str | None, typer.Option(help="Named preset (a paper's hyperparameters), e.g. sdlora-paper.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Named preset (a paper's hyperparameters), e.g. paper; see 'clbench list --presets'.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable), e.g. train.lr=0.01, sdlora.rank=8.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of config sections, applied before --set.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Where run directories go (default: ./results).")] = None,

@@ -239,7 +239,7 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
         "test_counts": {"per_task": per_task, "per_class": per_class},
         "paper": run.preset.reported.to_dict() if run.preset and run.preset.reported else None,
         "environment": environment(),
-        "engine": {**engine_summary(cfg.engine, device, resolve_precision(cfg.engine.precision, device)),
+        "engine": {**engine_summary(device, resolve_precision(cfg.engine.precision, device)),
                    "world_size": dist.world_size},
         "params": {"backbone": sum(p.numel() for p in backbone.parameters())},
         "run_dir": str(run_dir),

@@ -41,24 +41,6 @@ class IncrementalLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-class TaskHeads(nn.Module):
-    """One linear head per task; logits of all tasks concatenated (InfLoRA-style)."""
-
-    def __init__(self, in_features: int):
-        super().__init__()
-        self.in_features = in_features
-        self.heads = nn.ModuleList()
-
-    def add(self, n_classes: int) -> nn.Linear:
-        device = next(iter(self.parameters()), torch.empty(0)).device
-        head = nn.Linear(self.in_features, n_classes).to(device)
-        self.heads.append(head)
-        return head
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([h(x) for h in self.heads], dim=-1)
-
-
 class Prototypes(nn.Module):
     """Cosine classifier over class-mean features (SimpleCIL / APER)."""
 

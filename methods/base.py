@@ -152,10 +152,6 @@ class CLMethod(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(False)
 
-    @staticmethod
-    def detached_state(module: nn.Module, prefix: str = "") -> dict[str, Tensor]:
-        return {prefix + k: v.detach().clone() for k, v in module.state_dict().items()}
-
     @contextlib.contextmanager
     def frozen_features(self) -> Iterator[None]:
         """Evaluation mode and no grad, restoring the training flag after."""

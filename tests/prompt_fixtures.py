@@ -30,8 +30,6 @@ class FakeTask:
         self.device = torch.device("cpu")
         self.x, self.y = x, y
 
-    known = property(lambda self: self.lo)
-    is_first = property(lambda self: self.index == 0)
 
     def batches(self, augment: bool = False, cumulative: bool = False, description: str = ""):
         for i in range(0, len(self.x), 8):

@@ -238,21 +238,6 @@ class QKVLowRank(nn.Module):
             current = None
         return frozen, current
 
-    def factors(self, i: int) -> tuple[Tensor, Tensor] | None:
-        """Concatenated (A, B) of block index ``i``: (P, R, d_in) and (P, d_out, R)."""
-        As, Bs = [], []
-        if self.frozen_rank:
-            As.append(self.frozen_A[i])
-            Bs.append(self.frozen_B[i])
-        if self.A is not None:
-            As.append(self.A[i])
-            Bs.append(self.B[i])
-        if not As:
-            return None
-        if len(As) == 1:
-            return As[0], Bs[0]
-        return torch.cat(As, dim=1), torch.cat(Bs, dim=2)
-
     def _add_branch_output(self, flat: Tensor, x: Tensor, A: Tensor, B: Tensor, scale: Tensor | None) -> None:
         """flat[:, rows of p] += (x A[p]ᵀ ⊙ scale[p]) B[p]ᵀ for every projection p (in place)."""
         P, R = A.shape[0], A.shape[1]

@@ -25,15 +25,6 @@ class TaskContext:
         self.n_tasks = trainer.stream.n_tasks
         self.device = trainer.device
 
-    @property
-    def known(self) -> int:
-        """Classes learnt before this task."""
-        return self.lo
-
-    @property
-    def is_first(self) -> bool:
-        return self.index == 0
-
     def batches(self, augment: bool = False, cumulative: bool = False,
                 description: str = "data pass") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over this task's training data (on the compute device, labels new).

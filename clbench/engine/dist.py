@@ -12,6 +12,7 @@ without padding, and only rank 0 writes.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -40,9 +41,6 @@ class SingleProcess:
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """The module that training steps call (DDP wraps it per task)."""
         return module
-
-    def barrier(self) -> None:
-        pass
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (a JSON-like or picklable value)."""
@@ -110,9 +108,6 @@ class Distributed(SingleProcess):
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True,
                                        forward_sync_buffers=False)
 
-    def barrier(self) -> None:
-        self._dist.barrier()
-
     def broadcast_object(self, obj: Any) -> Any:
         box = [obj]
         self._dist.broadcast_object_list(box, src=0)
@@ -163,5 +158,9 @@ def current(device: torch.device) -> SingleProcess:
     """This process's world: joins the torchrun process group on first use (once per process)."""
     global _CURRENT
     if _CURRENT is None:
-        _CURRENT = Distributed(device) if launched_with_torchrun() else SingleProcess()
+        if launched_with_torchrun():
+            _CURRENT = Distributed(device)
+            atexit.register(_CURRENT.close)  # leave the process group cleanly at exit
+        else:
+            _CURRENT = SingleProcess()
     return _CURRENT

@@ -9,7 +9,6 @@ import random
 import numpy as np
 import torch
 
-from ..config import EngineConfig
 from ..errors import ConfigError
 
 
@@ -66,7 +65,8 @@ def data_workers(setting: int | str, in_memory: bool, world_size: int = 1) -> in
     return max(0, min(8, cores // max(1, world_size) - 1))
 
 
-def engine_summary(cfg: EngineConfig, device: torch.device, dtype: torch.dtype | None) -> dict:
+def engine_summary(device: torch.device, dtype: torch.dtype | None) -> dict:
+    """Where and how a run computes, for its record."""
     return {"device": str(device), "autocast": str(dtype).replace("torch.", "") if dtype else "fp32",
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads()}
