@@ -26,6 +26,12 @@ from .errors import ConfigError, closest
 SECTIONS = ("engine", "train", "backbone", "benchmark", "method")
 
 
+# Engine keys that cannot change a run's numbers: a resume may change them without marking the
+# run non-comparable, and a sweep's run key ignores them. The device is not among them: it
+# decides the autocast precision ('auto').
+RESULT_NEUTRAL_ENGINE = frozenset({"num_workers", "output_dir", "progress", "save_task_state", "checkpoint_every"})
+
+
 @dataclass
 class EngineConfig:
     """Where and how a run executes; never changes results except through precision."""

@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 
 from .backbones import _resolve_spec, check_bundled, create_backbone
-from .config import (SECTIONS, BackboneConfig, EngineConfig, RunConfig, TrainConfig, apply_values,
+from .config import (RESULT_NEUTRAL_ENGINE, SECTIONS, BackboneConfig, EngineConfig, RunConfig, TrainConfig, apply_values,
                      field_types, to_plain)
 from .engine.checkpoint import Checkpointer, ResumePoint
 from .engine.dist import SingleProcess
@@ -248,7 +248,6 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
 
 
 RESUME_SECTIONS = ("train.", "engine.")  # what --set may change when resuming
-COMPARABLE_ENGINE = {"device", "num_workers", "progress", "save_task_state", "checkpoint_every"}
 
 
 def config_from_record(record: dict[str, Any], overrides: Sequence[Override] = ()) -> RunConfig:
@@ -288,7 +287,7 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     if record["status"] == "complete":
         return record
     cfg = config_from_record(record, overrides)
-    changed = [f"{k}={v}" for k, v in overrides if not (k.startswith("engine.") and k.split(".")[1] in COMPARABLE_ENGINE)]
+    changed = [f"{k}={v}" for k, v in overrides if not (k.startswith("engine.") and k.split(".")[1] in RESULT_NEUTRAL_ENGINE)]
     dist = current_dist(resolve_device(cfg.engine.device))
     progress = _progress_for(progress, dist)
     data, stream, method = build(cfg, cache)

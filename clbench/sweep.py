@@ -11,7 +11,7 @@ Every run is planned (resolved and validated) before any starts, then handed to 
 
 A run is identified by its *run key*: a hash of method, benchmark, seed, preset and the
 resolved config, leaving out the engine values that do not change results (workers, output
-directory, progress, checkpoint and state-saving policy; see :data:`NEUTRAL_ENGINE_KEYS`).
+directory, progress, checkpoint and state-saving policy; see :data:`clbench.config.RESULT_NEUTRAL_ENGINE`).
 Before a run starts, its worker claims the key (an exclusive file under
 ``<output_dir>/.claims/``), then: a complete record with that key under the output directory
 means the run is skipped; a record that is not complete (killed, interrupted, failed) is
@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import RESULT_NEUTRAL_ENGINE
 from .errors import ClbenchError, ConfigError
 
 EXECUTORS = ("local", "slurm", "submitit-local", "inline")
-NEUTRAL_ENGINE_KEYS = ("num_workers", "output_dir", "progress", "save_task_state", "checkpoint_every")
 CLAIMS_DIR = ".claims"
 SWEEPS_DIR = ".sweeps"
 STALE_CLAIM_S = 6 * 3600  # a claim not refreshed for this long (task end, resume) is abandoned
@@ -126,7 +126,7 @@ class Job:
 
 def run_key(method: str, benchmark: str, seed: int, preset: str | None, config: dict[str, Any]) -> str:
     """The identity of a run's results: its resolved config without the neutral engine values."""
-    config = {**config, "engine": {k: v for k, v in config["engine"].items() if k not in NEUTRAL_ENGINE_KEYS}}
+    config = {**config, "engine": {k: v for k, v in config["engine"].items() if k not in RESULT_NEUTRAL_ENGINE}}
     blob = json.dumps([method, benchmark, seed, preset, config], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
