@@ -99,7 +99,6 @@ class SDLoRA(CLMethod):
         self.register_buffer("column_component", torch.empty(0, dtype=torch.long))
         # Per-projection magnitude offsets (L, P, K_frozen): only SD-LoRA-KD per projection.
         self.register_buffer("offsets", None)
-        self.ranks: list[int] = []  # rank of every component (frozen, then current)
         self._log: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- schedule
@@ -148,7 +147,6 @@ class SDLoRA(CLMethod):
             values = torch.cat([old.to(device), torch.full((1,), self.init_magnitude, device=device)])
         self.magnitudes = nn.Parameter(values)
         self.adapter.add_branch(rank)
-        self.ranks.append(rank)
         self.head.grow(task.hi)
         self._log = {"mode": self.cfg.mode, "rank": rank}
 
@@ -186,11 +184,11 @@ class SDLoRA(CLMethod):
         return {**self._log, "ranks": list(self.ranks), "n_components": len(self.ranks),
                 "magnitudes": self.magnitudes.detach().cpu().tolist()}
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"ranks": list(self.ranks)}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.ranks = list(state["ranks"])
+    @property
+    def ranks(self) -> list[int]:
+        """Rank of every component (frozen, then current), as the adapter holds them."""
+        ad = self.adapter
+        return ad.frozen_ranks + ([ad.rank] if ad.A is not None else [])
 
     # ---------------------------------------------------------------- least-squares fit
     @torch.no_grad()
@@ -238,7 +236,7 @@ class SDLoRA(CLMethod):
             if absorbed:
                 delta = (beta * unit).to(self.magnitudes)
                 self.magnitudes = nn.Parameter(self.magnitudes.detach()[:-1] + delta)
-                self._drop_current()
+                ad.drop_current()
             return {"absorbed": absorbed, "residual": float(rel), "tau": cfg.tau,
                     "delta": (beta * unit).tolist()}
         beta, rel = self._solve(G, b, c2)
@@ -251,16 +249,12 @@ class SDLoRA(CLMethod):
         absorbed = n_passed == passed.numel()
         if absorbed:
             self.magnitudes = nn.Parameter(self.magnitudes.detach()[:-1])
-            self._drop_current()
+            ad.drop_current()
         elif n_passed:
             ad.A.data[passed] = 0
             ad.B.data[passed] = 0
         return {"absorbed": absorbed, "absorbed_projections": n_passed, "projections": passed.numel(),
                 "residual": float(rel.max()), "residuals": rel.tolist(), "tau": cfg.tau}
-
-    def _drop_current(self) -> None:
-        self.adapter.drop_current()
-        self.ranks.pop()
 
 
 @register_method("sdlora-rr")
