@@ -9,17 +9,6 @@ import typer
 from rich.table import Table
 
 from .cli import app, console, friendly, parse_seeds, split_list
-from .errors import ConfigError
-
-
-def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"Malformed {flag} '{item}'. Write {flag} key=value.")
-        pairs.append((key.strip(), value))
-    return pairs
 
 
 def _coerce_scalar(text: str) -> Any:
@@ -64,14 +53,14 @@ def sweep(
     if presets:
         spec.presets = [None if p == "default" else p for p in split_list(presets)]
     spec.set = {**spec.set, **dict(parse_set(set_ or []))}
-    spec.grid = {**spec.grid, **{k: split_list(v) for k, v in _pairs(grid, "--grid")}}
+    spec.grid = {**spec.grid, **{k: split_list(v) for k, v in parse_set(grid, "--grid")}}
     if output_dir is not None:
         spec.output_dir = str(output_dir)
     if executor is not None:
         spec.executor = executor
     if workers is not None:
         spec.workers = workers
-    spec.slurm = {**spec.slurm, **{k: _coerce_scalar(v) for k, v in _pairs(slurm, "--slurm")}}
+    spec.slurm = {**spec.slurm, **{k: _coerce_scalar(v) for k, v in parse_set(slurm, "--slurm")}}
     spec.set.setdefault("engine.progress", False)
 
     jobs = expand(spec)

@@ -249,16 +249,17 @@ def apply_values(obj: Any, values: dict[str, Any], prefix: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def parse_set(items: list[str]) -> list[tuple[str, str]]:
-    """Parse ``--set key=value`` items into (key, raw value) pairs."""
+def parse_set(items: list[str] | None, flag: str = "--set") -> list[tuple[str, str]]:
+    """Parse ``key=value`` items of a command-line flag (``--set``, ``--grid``, ...) into
+    (key, raw value) pairs."""
     pairs = []
-    for item in items:
+    for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key or key.startswith(".") or key.endswith("."):
             raise ConfigError(
-                f"Malformed override '{item}'. Write --set section.key=value, "
-                f"for example --set train.lr=0.01 or --set sdlora.rank=8."
+                f"Malformed override '{item}'. Write {flag} key=value, "
+                f"for example --set train.lr=0.01, --set sdlora.rank=8 or --grid train.lr=0.01,0.03."
             )
         pairs.append((key, value))
     return pairs

@@ -13,13 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def _save(fig: plt.Figure, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
+from .plots import save_figure  # noqa: E402
 
 
 def line_figure(line: dict[str, np.ndarray], meta: dict[str, Any], title: str, stem: Path) -> list[Path]:
@@ -41,7 +35,7 @@ def line_figure(line: dict[str, np.ndarray], meta: dict[str, Any], title: str, s
             ax.axvline(end, color="grey", lw=0.6, ls=":")
     acc_ax.legend(fontsize=8)
     fig.suptitle(f"{title}: T{i} → T{j} solution (classes seen at T{j})", fontsize=10)
-    return _save(fig, stem)
+    return list(save_figure(fig, stem))
 
 
 def plane_figures(plane: dict[str, np.ndarray], title: str, stem: Path) -> list[Path]:
@@ -68,5 +62,5 @@ def plane_figures(plane: dict[str, np.ndarray], title: str, stem: Path) -> list[
             ax.set_xlabel("e1 (towards W%d)" % plane["solutions"][1])
         axes.flat[0].set_ylabel("e2")
         fig.suptitle(f"{title}: plane through W{', W'.join(str(t) for t in plane['solutions'])} ({unit})", fontsize=10)
-        files += _save(fig, stem.with_name(f"{stem.name}_{metric}"))
+        files += save_figure(fig, stem.with_name(f"{stem.name}_{metric}"))
     return files

@@ -53,13 +53,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "x"
 
 
-def _save(fig: plt.Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+def save_figure(fig: plt.Figure, stem: Path) -> tuple[Path, Path]:
+    """Write ``stem``.png and ``stem``.pdf and close the figure."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"
     fig.savefig(png, dpi=130, bbox_inches="tight")
     fig.savefig(pdf, bbox_inches="tight")
     plt.close(fig)
     return png, pdf
+
+
+def _save(fig: plt.Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
+    return save_figure(fig, out_dir / name)
 
 
 def _matrix(record: dict[str, Any]) -> np.ndarray:
