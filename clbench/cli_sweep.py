@@ -77,7 +77,7 @@ def sweep(
             table.add_row(job.label, job.key, action)
         console.print(table)
         return
-    outcomes, sweep_dir = run_sweep(spec, jobs, wait=wait)
+    outcomes, sweep_dir = run_sweep(spec, jobs, wait=wait, runs=runs)
     console.print(outcome_table(outcomes))
     failed = [o for o in outcomes if o["status"] in ("failed", "interrupted", "not started", "busy")]
     for o in failed:

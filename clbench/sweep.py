@@ -159,12 +159,14 @@ def expand(spec: SweepSpec) -> list[Job]:
     return jobs
 
 
-def existing_runs(output_dir: Path) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
-    """Records under ``output_dir`` by run key (unreadable records are ignored)."""
+def existing_runs(output_dir: Path, benchmark: str = "*",
+                  method: str = "*") -> dict[str, list[tuple[Path, dict[str, Any]]]]:
+    """Records under ``output_dir`` (``<benchmark>/<method>/<run>/``, optionally of one
+    benchmark and method) by run key; unreadable records are ignored."""
     from .records import RECORD_NAME
 
     found: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
-    for path in Path(output_dir).glob(f"*/*/*/{RECORD_NAME}"):
+    for path in Path(output_dir).glob(f"{benchmark}/{method}/*/{RECORD_NAME}"):
         try:
             record = json.loads(path.read_text())
             found.setdefault(record_key(record), []).append((path.parent, record))
@@ -173,16 +175,18 @@ def existing_runs(output_dir: Path) -> dict[str, list[tuple[Path, dict[str, Any]
     return found
 
 
-def decide(job: Job, runs: dict[str, list[tuple[Path, dict[str, Any]]]]) -> tuple[str, Path | None]:
-    """('skip', dir) for a complete run, ('resume', dir) for an unfinished one, ('start', None)."""
+def decide(job: Job, runs: dict[str, list[tuple[Path, dict[str, Any]]]]
+           ) -> tuple[str, Path | None, dict[str, Any] | None]:
+    """('skip', dir, record) for a complete run, ('resume', dir, record) for an unfinished one,
+    ('start', None, None)."""
     mine = runs.get(job.key, [])
-    complete = [d for d, r in mine if r.get("status") == "complete"]
+    complete = [(d, r) for d, r in mine if r.get("status") == "complete"]
     if complete:
-        return "skip", complete[0]
+        return "skip", *complete[0]
     if mine:
         best = max(mine, key=lambda dr: (len(dr[1].get("tasks", [])), dr[1].get("created", "")))
-        return "resume", best[0]
-    return "start", None
+        return "resume", *best
+    return "start", None, None
 
 
 # ---------------------------------------------------------------------------- claims
@@ -268,9 +272,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     try:
         if not claim.acquire():
             return {**outcome, "status": "busy", "error": "another process is running it (claim held)"}
-        action, run_dir = decide(j, existing_runs(Path(j.output_dir)))
+        action, run_dir, record = decide(j, existing_runs(Path(j.output_dir), j.benchmark, j.method))
         if action == "skip":
-            record = json.loads((run_dir / "record.json").read_text())
             status = "skipped"
         elif action == "resume":
             record = resume(run_dir, reporter, on_task=claim.refresh)
@@ -427,22 +430,23 @@ def run_submitit(jobs: Sequence[Job], sweep_dir: Path, cluster: str, params: dic
     return outcomes
 
 
-def run_sweep(spec: SweepSpec, jobs: Sequence[Job], wait: bool = True) -> tuple[list[dict[str, Any]], Path]:
-    """Run ``jobs`` on the spec's executor, skipping runs whose complete record exists; the
-    outcomes in job order (also written to ``<output_dir>/.sweeps/<id>/outcomes.json``)."""
+def run_sweep(spec: SweepSpec, jobs: Sequence[Job], wait: bool = True,
+              runs: dict[str, list[tuple[Path, dict[str, Any]]]] | None = None) -> tuple[list[dict[str, Any]], Path]:
+    """Run ``jobs`` on the spec's executor, skipping runs whose complete record exists (in
+    ``runs``, from :func:`existing_runs`; scanned when not given); the outcomes in job order
+    (also written to ``<output_dir>/.sweeps/<id>/outcomes.json``)."""
     from .records import atomic_write_json, ensure_writable
 
     output = Path(spec.output_dir)
     ensure_writable(output)
     sweep_dir = output / SWEEPS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    runs = existing_runs(output)
+    runs = existing_runs(output) if runs is None else runs
     outcomes: dict[int, dict[str, Any]] = {}
     todo: list[tuple[int, Job]] = []
     for i, job in enumerate(jobs):
-        action, run_dir = decide(job, runs)
+        action, run_dir, record = decide(job, runs)
         if action == "skip":  # no process needed; the worker would check again anyway
-            record = next(r for d, r in runs[job.key] if d == run_dir)
             metrics = record.get("metrics") or {}
             outcomes[i] = {"job": job.to_dict(), "label": job.label, "status": "skipped", "run_dir": str(run_dir),
                            "error": None, "acc": metrics.get("acc"), "aaa": metrics.get("aaa")}
