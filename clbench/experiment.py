@@ -93,6 +93,19 @@ def _split_defaults(defaults: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return items
 
 
+def fresh_sections(method_cls: type, bench_cls: type) -> dict[str, Any]:
+    """Every config section at its dataclass defaults, keyed by section name."""
+    return {"engine": EngineConfig(), "train": TrainConfig(), "backbone": BackboneConfig(),
+            "benchmark": bench_cls.Config(), "method": method_cls.Config()}
+
+
+def run_config(method: str, benchmark: str, seed: int, preset: str | None, sections: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from the sections of :func:`fresh_sections`."""
+    return RunConfig(method=method, benchmark=benchmark, seed=seed, preset=preset, engine=sections["engine"],
+                     train=sections["train"], backbone=sections["backbone"], benchmark_cfg=sections["benchmark"],
+                     method_cfg=sections["method"])
+
+
 def resolve(method: str, benchmark: str, seed: int, preset_name: str | None,
             overrides: Sequence[Override] = (), selected: Sequence[str] | None = None) -> PlannedRun:
     """Resolve one run's config: defaults < benchmark < method < preset < overrides."""
@@ -101,24 +114,18 @@ def resolve(method: str, benchmark: str, seed: int, preset_name: str | None,
     selected = list(selected or [method])
     user = _route(overrides, method, selected)
 
-    def fresh() -> dict[str, Any]:
-        return {"engine": EngineConfig(), "train": TrainConfig(), "backbone": BackboneConfig(),
-                "benchmark": bench_cls.Config(), "method": method_cls.Config()}
-
     # The benchmark setting (e.g. n_tasks) decides which preset variant applies.
-    probe = fresh()
+    probe = fresh_sections(method_cls, bench_cls)
     _apply(probe, [i for i in _split_defaults(bench_cls.defaults) + user if i[0] == "benchmark"], method)
     preset = find_preset(preset_name, method, benchmark, to_plain(probe["benchmark"]))
 
-    sections = fresh()
+    sections = fresh_sections(method_cls, bench_cls)
     _apply(sections, _split_defaults(bench_cls.defaults), method)
     _apply(sections, _split_defaults(method_cls.defaults), method)
     if preset is not None:
         _apply(sections, _split_defaults(preset.values), method)
     _apply(sections, user, method)
-    config = RunConfig(method=method, benchmark=benchmark, seed=seed, preset=preset.name if preset else None,
-                       engine=sections["engine"], train=sections["train"], backbone=sections["backbone"],
-                       benchmark_cfg=sections["benchmark"], method_cfg=sections["method"])
+    config = run_config(method, benchmark, seed, preset.name if preset else None, sections)
     return PlannedRun(config, preset, list(overrides))
 
 
@@ -253,10 +260,9 @@ RESUME_SECTIONS = ("train.", "engine.")  # what --set may change when resuming
 def config_from_record(record: dict[str, Any], overrides: Sequence[Override] = ()) -> RunConfig:
     """The run configuration stored in a record, with ``train.*``/``engine.*`` overrides."""
     method_cls, bench_cls = METHODS.get(record["method"]), BENCHMARKS.get(record["benchmark"])
-    fresh = {"engine": EngineConfig(), "train": TrainConfig(), "backbone": BackboneConfig(),
-             "benchmark": bench_cls.Config(), "method": method_cls.Config()}
     try:
-        sections = {name: apply_values(obj, record["config"][name], name) for name, obj in fresh.items()}
+        sections = {name: apply_values(obj, record["config"][name], name)
+                    for name, obj in fresh_sections(method_cls, bench_cls).items()}
     except ConfigError as exc:
         raise ConfigError(f"The record's configuration does not fit this clbench version ({exc}). Resume with the "
                           f"version that started the run (record: environment.git).") from None
@@ -266,9 +272,7 @@ def config_from_record(record: dict[str, Any], overrides: Sequence[Override] = (
             raise ConfigError(f"Cannot change '{dotted}' when resuming: only train.* and engine.* values (not "
                               f"engine.output_dir) may change. Start a new run to change anything else.")
         sections[section] = apply_values(sections[section], {key: value}, section)
-    return RunConfig(method=record["method"], benchmark=record["benchmark"], seed=record["seed"],
-                     preset=record["preset"], engine=sections["engine"], train=sections["train"],
-                     backbone=sections["backbone"], benchmark_cfg=sections["benchmark"], method_cfg=sections["method"])
+    return run_config(record["method"], record["benchmark"], record["seed"], record["preset"], sections)
 
 
 def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache: DataCache | None = None,
