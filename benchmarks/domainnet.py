@@ -87,7 +87,7 @@ class DomainNet(RealBenchmark):
 
     def split_lists(self, cfg: DomainNetConfig, dataset_dir: Path) -> SplitLists:
         if cfg.split == "coda":
-            split_dir = coda_split_dir(cfg, Path(cfg.data_root).expanduser() if cfg.data_root else dataset_dir.parent)
+            split_dir = coda_split_dir(cfg, dataset_dir)
             files = [split_dir / f"domainnet_{s}.yaml" for s in ("train", "test")]
             return coda_yaml(dataset_dir, files[0], files[1], "domainnet", keep=3, expected=None, verify=False,
                              missing_fix="Unpack the DomainNet domain zips into this folder (<domain>/<class>/<file>).")

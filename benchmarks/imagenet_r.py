@@ -36,16 +36,16 @@ APER_NOTE = ("the APER/RevisitingCIL authors' archive, linked from the README of
              "(Google Drive / OneDrive)")
 
 
-def coda_split_dir(cfg, root_hint: Path | None) -> Path:
-    """Where the CODA YAML lists are: ``benchmark.split_dir`` or ``<data_root>/splits/coda-prompt``."""
+def coda_split_dir(cfg, dataset_dir: Path) -> Path:
+    """Where the CODA YAML lists are: ``benchmark.split_dir``, else ``splits/coda-prompt`` under
+    the data root (or beside the dataset folder)."""
     if cfg.split_dir:
         return Path(cfg.split_dir).expanduser()
-    if root_hint is None:
-        raise DataError("Set --set benchmark.split_dir=/folder/with/the/yaml/files (or a data root).")
-    return root_hint / "splits" / "coda-prompt"
+    root = Path(cfg.data_root).expanduser() if cfg.data_root else dataset_dir.parent
+    return root / "splits" / "coda-prompt"
 
 
-def raw_folder_fix(name: str, dirname: str) -> str:
+def raw_folder_fix(dirname: str) -> str:
     return (f"The pre-split archive has train/ and test/ folders; the Hendrycks release has one folder per wnid "
             f"({dirname}/<wnid>/*.jpg). For the pre-split layout use --set benchmark.split=presplit; for the "
             f"Hendrycks release use --set benchmark.split=coda or seeded.")
@@ -103,12 +103,12 @@ class ImageNetR(RealBenchmark):
 
     def split_lists(self, cfg: ImageNetRConfig, dataset_dir: Path) -> SplitLists:
         if cfg.split == "presplit":
-            return presplit_folders(dataset_dir, "imagenet-r", raw_folder_fix(self.name, dataset_dir.name))
+            return presplit_folders(dataset_dir, "imagenet-r", raw_folder_fix(dataset_dir.name))
         if (dataset_dir / "train").is_dir() and (dataset_dir / "test").is_dir():
             raise DataError(f"{dataset_dir} holds train/ and test/ folders (the pre-split APER layout), but "
-                            f"benchmark.split is '{cfg.split}'. " + raw_folder_fix(self.name, dataset_dir.name))
+                            f"benchmark.split is '{cfg.split}'. " + raw_folder_fix(dataset_dir.name))
         if cfg.split == "coda":
-            split_dir = coda_split_dir(cfg, Path(cfg.data_root).expanduser() if cfg.data_root else dataset_dir.parent)
+            split_dir = coda_split_dir(cfg, dataset_dir)
             files = [split_dir / f"imagenet-r_{s}.yaml" for s in ("train", "test")]
             if not all(f.is_file() for f in files):
                 raise DataError(
