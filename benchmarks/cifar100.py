@@ -150,8 +150,6 @@ class Cifar100(RealBenchmark):
                              f"cifar100:official:train={len(train_y)},test={len(test_y)}", "cifar100-fine-alphabetical", info)
 
     def check(self, cfg: Cifar100Config, decode: bool = True, workers: int = 8, on_progress: Any = None) -> list[Finding]:
-        from clbench.data.download import file_digest
-
         try:
             directory, splits, names = self.read(cfg)
         except DataError as exc:
@@ -161,9 +159,6 @@ class Cifar100(RealBenchmark):
         counts = f"{len(names)} classes, {len(splits['train'][1]):,} train, {len(splits['test'][1]):,} test images"
         findings.append(Finding(not problems or not cfg.check_counts, "counts",
                                 counts + (f": {'; '.join(problems)}" if problems else "")))
-        for path, algorithm, want in self.file_checksums(cfg, directory):
-            got = file_digest(path, algorithm)
-            findings.append(Finding(got == want, "checksum", f"{path}: {algorithm} {got}" + (
-                "" if got == want else f", expected {want}: corrupt or another version; download it again.")))
+        findings += self.checksum_findings(cfg, directory)
         findings.append(Finding(True, "decoded cache", "not needed (the pickles are already decoded)"))
         return findings

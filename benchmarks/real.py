@@ -21,7 +21,7 @@ import numpy as np
 from clbench.config import BenchmarkConfig
 from clbench.data import cache as cache_mod
 from clbench.data.datasets import LabelledDataset
-from clbench.data.download import Source
+from clbench.data.download import Source, file_digest
 from clbench.data.images import ImageFileDataset, image_problem
 from clbench.data.splits import Samples, SplitLists, digest
 from clbench.data.transforms import Pipeline, pipeline
@@ -228,6 +228,18 @@ class RealBenchmark(Benchmark):
         return [{"split": s, "path": p} for s, p in bad]
 
     # ------------------------------------------------------------------ checking
+    def checksum_findings(self, cfg: RealBenchmarkConfig, dataset_dir: Path) -> list[Finding]:
+        """One finding per file of :meth:`file_checksums`: present and matching, or what to do."""
+        findings = []
+        for path, algorithm, want in self.file_checksums(cfg, dataset_dir):
+            if not path.exists():
+                findings.append(Finding(False, "checksum", f"{path} is missing. {self.how_to_get(cfg)}"))
+                continue
+            got = file_digest(path, algorithm)
+            findings.append(Finding(got == want, "checksum", f"{path}: {algorithm} {got}" + (
+                "" if got == want else f", expected {want}: the file is corrupt or another version; download it again.")))
+        return findings
+
     def check(self, cfg: RealBenchmarkConfig, decode: bool = True, workers: int = 8,
               on_progress: Any = None) -> list[Finding]:
         """Everything 'clbench data check' reports, problems with their fixes."""
@@ -251,15 +263,7 @@ class RealBenchmark(Benchmark):
         for info in lists.info.get("split_files", {}).values():
             state = "verified against the published sha256" if info.get("verified") else "not verified (no published checksum)"
             findings.append(Finding(True, "split file", f"{info['path']}: sha256 {info['sha256'][:16]}…, {state}"))
-        from clbench.data.download import file_digest
-
-        for path, algorithm, want in self.file_checksums(cfg, dataset_dir):
-            if not path.exists():
-                findings.append(Finding(False, "checksum", f"{path} is missing. {self.how_to_get(cfg)}"))
-                continue
-            got = file_digest(path, algorithm)
-            findings.append(Finding(got == want, "checksum", f"{path}: {algorithm} {got}" + (
-                "" if got == want else f", expected {want}: the file is corrupt or another version; download it again.")))
+        findings += self.checksum_findings(cfg, dataset_dir)
         for src in self.sources(cfg) if decode else []:  # archives kept beside the dataset
             archive = dataset_dir.parent / src.subdir / src.filename
             if src.checksum and src.unpack and archive.is_file():
