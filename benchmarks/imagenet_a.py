@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from clbench.data.download import Source
-from clbench.data.splits import SplitLists, apply_seeded_split, image_folder, presplit_folders
+from clbench.data.splits import SplitLists, apply_seeded_split, presplit_folders
 from clbench.errors import DataError
 from clbench.registry import register_benchmark
 
@@ -63,6 +63,4 @@ class ImageNetA(RealBenchmark):
         if (dataset_dir / "train").is_dir() and (dataset_dir / "test").is_dir():
             raise DataError(f"{dataset_dir} holds train/ and test/ folders (the pre-split layout), but benchmark.split "
                             f"is 'seeded'. {fix}")
-        classes, paths, targets, sizes = image_folder(dataset_dir, "the imagenet-a folder")
-        return apply_seeded_split(dataset_dir, classes, paths, targets, sizes, "imagenet-a",
-                                  cfg.test_fraction, cfg.split_seed)
+        return apply_seeded_split(dataset_dir, "imagenet-a", cfg.test_fraction, cfg.split_seed)

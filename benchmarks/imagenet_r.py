@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from clbench.data.download import Source
-from clbench.data.splits import SplitLists, apply_seeded_split, coda_yaml, image_folder, presplit_folders
+from clbench.data.splits import SplitLists, apply_seeded_split, coda_yaml, presplit_folders
 from clbench.errors import DataError
 from clbench.registry import register_benchmark
 
@@ -120,6 +120,4 @@ class ImageNetR(RealBenchmark):
                              expected=CODA_SHA256, verify=cfg.verify_split_checksum,
                              missing_fix=f"The CODA lists name files of the Hendrycks release; extract imagenet-r.tar "
                                          f"({BERKELEY}imagenet-r.tar) so that {dataset_dir}/<wnid>/<file> exists.")
-        classes, paths, targets, sizes = image_folder(dataset_dir, "the imagenet-r folder")
-        return apply_seeded_split(dataset_dir, classes, paths, targets, sizes, "imagenet-r",
-                                  cfg.test_fraction, cfg.split_seed)
+        return apply_seeded_split(dataset_dir, "imagenet-r", cfg.test_fraction, cfg.split_seed)

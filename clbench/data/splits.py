@@ -306,9 +306,10 @@ def decode_mask(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8))[:n].astype(bool)
 
 
-def apply_seeded_split(dataset_dir: Path, classes: list[str], paths: list[str], targets: np.ndarray,
-                       sizes: np.ndarray, dataset: str, test_fraction: float, seed: int) -> SplitLists:
-    """Split one ImageFolder tree into train/test with :func:`seeded_split`; nothing is moved."""
+def apply_seeded_split(dataset_dir: Path, dataset: str, test_fraction: float, seed: int) -> SplitLists:
+    """Split the ImageFolder tree ``dataset_dir`` into train/test with :func:`seeded_split`;
+    nothing is moved."""
+    classes, paths, targets, sizes = image_folder(dataset_dir, f"the {dataset} folder")
     mask = seeded_split(targets, test_fraction, seed)
     files = digest(paths, targets)
     all_files = Samples(dataset_dir, paths, targets, sizes)
