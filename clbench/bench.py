@@ -5,7 +5,7 @@ For each method the harness builds it twice on the chosen backbone and runs its 
 (e.g. 19 frozen SD-LoRA branches before task 20). It then times, in interleaved rounds (one
 call of each measurement per round, so drifts in machine load hit them all alike):
 
-* the engine's own ``train_step`` at task 1 and at the late task (same fixed batch);
+* a step of the engine's own loop at task 1 and at the late task (same fixed batch);
 * the late method's ``predict`` inside its ``eval_context`` (e.g. adapters merged) and
   outside it, and the bare backbone's forward, as throughput (images/s);
 
@@ -29,9 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine.context import TaskContext
+from .engine.context import EngineTaskContext
+from .engine.loaders import Loaders
 from .engine.optim import build_optimizer, task_hparams
 from .engine.trainer import Trainer
+from .engine.dist import SingleProcess
+from .engine.runtime import resolve_device
 from .experiment import DataCache, Override, build, plan
 
 _CACHE = DataCache()  # the benchmark data, shared by every prepared method of a process
@@ -81,18 +84,18 @@ def _mb(tensors: Any) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-def prepared(method: str, benchmark: str, task: int, overrides: Sequence[Override]) -> tuple[Trainer, TaskContext]:
+def prepared(method: str, benchmark: str, task: int, overrides: Sequence[Override]) -> tuple[Trainer, EngineTaskContext]:
     """A trainer whose method has run the hooks of tasks ``0..task-1`` and ``before_task(task)``."""
     (run,) = plan([method], benchmark, [0], None, [*_NO_OUTPUT, *overrides])
     _, stream, m = build(run.config, _CACHE)
     trainer = Trainer(m, stream, run.config)
     m.to(trainer.device)
     for t in stream.tasks[:task]:
-        ctx = TaskContext(trainer, t)
+        ctx = trainer.context(t)
         m.before_task(ctx)
         m.to(trainer.device)
         m.after_task(ctx)
-    ctx = TaskContext(trainer, stream.tasks[task])
+    ctx = trainer.context(stream.tasks[task])
     m.train()
     m.before_task(ctx)
     m.to(trainer.device)
@@ -113,12 +116,16 @@ class _Probe:
         self.params = [p for g_ in self.groups for p in g_["params"]]
         self.optimizer = None
         if self.groups:
-            lr = task_hparams(self.trainer.train_cfg, task)[1]
+            epochs, lr, milestones = task_hparams(self.trainer.train_cfg, task)
             self.optimizer = build_optimizer(self.groups, self.trainer.train_cfg, lr)
+            self.spec = self.trainer.main_spec(self.ctx, self.method, self.groups, epochs, lr, milestones,
+                                               lambda e, skip: iter(()))
+            self.hooks = self.trainer.hooks(self.ctx)
 
     def step(self) -> None:
+        """One step of the engine's own loop (forward, masked CE, backward, hooks, clipping, update)."""
         self.method.train()
-        self.trainer.train_step(self.method, self.optimizer, self.params, self.x, self.y, self.ctx)
+        self.trainer.loop.step(self.spec, self.hooks, self.optimizer, self.params, (self.x, self.y))
 
     def predict(self) -> None:
         self.method.eval()
@@ -184,7 +191,7 @@ def measure_loader(benchmark: str, batch_size: int, overrides: Sequence[Override
     (run,) = plan(["simplecil"], benchmark, [0], None, [*_NO_OUTPUT, *overrides])
     bench, data = _CACHE.get(run.config)
     stream = bench.stream(data, run.config.benchmark_cfg, 0)
-    trainer = Trainer(torch.nn.Identity(), stream, run.config)  # only its loader is used
+    loaders = Loaders(SingleProcess(), resolve_device(run.config.engine.device), run.config.engine.num_workers, 0)
     images, _ = stream.train.__getitems__(list(range(len(stream.train))))
     if images.dtype != torch.uint8:
         images = (images.clamp(0, 1) * 255).to(torch.uint8)
@@ -193,14 +200,12 @@ def measure_loader(benchmark: str, batch_size: int, overrides: Sequence[Override
                 "memory_augment": TensorImageDataset(images, targets, random_crop_flip(4)).with_augment(True)}
 
     def epoch(data: Any) -> Callable[[], None]:
-        loader = trainer.loader(data, batch_size, shuffle=True, seed=0)
-        loader.batch_sampler.start(0)
+        loader = loaders.training(data, batch_size, seed=0, drop_last=False)
 
         def run_batches() -> None:
             done = 0
             while done < batches:
-                for x, y in loader:
-                    trainer.to_device(x, y)
+                for x, y in loaders.epoch(loader, 0):
                     done += 1
                     if done == batches:
                         return
@@ -208,8 +213,8 @@ def measure_loader(benchmark: str, batch_size: int, overrides: Sequence[Override
         return run_batches
 
     timed = {name: (epoch(data), contextlib.nullcontext) for name, data in variants.items()}
-    medians = interleaved(timed, repeats, warmup, trainer.device)
-    result: dict[str, Any] = {"benchmark": benchmark, "batch_size": batch_size, "device": str(trainer.device),
+    medians = interleaved(timed, repeats, warmup, loaders.device)
+    result: dict[str, Any] = {"benchmark": benchmark, "batch_size": batch_size, "device": str(loaders.device),
                               "image_size": int(images.shape[-1])}
     for name, seconds in medians.items():
         result[f"loader_img_s_{name}"] = batches * batch_size / seconds

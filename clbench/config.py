@@ -45,6 +45,7 @@ class EngineConfig:
     save_task_state: Literal["auto", "always", "never"] = "auto"  # per-task adapters/heads;
     # auto: saved when a task's state is at most 64 MB (landscapes and audits need them)
     checkpoint_every: int = 0  # also checkpoint every N training steps within a task (0: off)
+    compile: bool = False  # torch.compile the backbone's forward (for GPU runs; results within float tolerance)
 
 
 @dataclass

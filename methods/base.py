@@ -1,17 +1,33 @@
 """The method contract: a :class:`CLMethod` owns the math, the engine owns the loop.
 
-Per task the trainer calls, in this order::
+Everything a method author needs is in this file: the base class and its hooks, what the
+engine hands to the hooks (:class:`TaskContext`), what a training step returns
+(:class:`StepOutput`), an extra optimisation a method declares (:class:`Phase`) and what a
+method knows of the stream up front (:class:`StreamInfo`). Per task the engine calls, in
+this order::
 
-    before_task(task)                    # grow heads, add adapters, data passes
-    parameter_groups()                   # what the optimiser trains (none: no training)
-    training_step(x, y, task) * steps    # logits (+ extra loss); the engine adds the masked CE
-    after_task(task)                     # freeze, merge, prototypes, memory updates
-    post_task_phases(task)               # declared extra optimisations (engine runs them)
-    with eval_context(): predict(x)      # logits over the classes seen so far
-                         eval_labels(y)  # (diagnostics only, e.g. task-identity accuracy)
+    before_task(ctx)                       # grow heads, add adapters, data passes
+    pre_training_phases(ctx)               # declared optimisations before the main one
+    parameter_groups()                     # what the main optimisation trains (none: no training)
+    for each step:                         # main training, then every phase, same loop
+        training_step(x, y, ctx)           #   logits (+ extra loss); the engine adds the masked CE
+        (backward; DDP averages the gradients)
+        before_optimizer_step(ctx)         #   gradients are final: project, mask, inspect
+        (gradient clipping; optimiser step)
+        after_optimizer_step(ctx)          #   parameters are updated: re-project, merge
+    after_task(ctx)                        # freeze, merge, prototypes, memory updates
+    post_task_phases(ctx)                  # declared optimisations after the task (engine runs them)
+    with eval_context(): predict(x)        # logits over the classes seen so far
+                         eval_labels(y)    # (diagnostics only, e.g. task-identity accuracy)
 
 and records ``task_log()`` (JSON) and ``task_state()`` (tensors) in the run record. A method
-never steps an optimiser, moves data, casts precision or wraps DDP.
+never steps an optimiser, moves data, casts precision or wraps DDP. In a phase the step is
+``phase.loss(*batch)`` instead of ``training_step``; ``ctx.stage`` names the loop
+(``"train"`` or the phase's name).
+
+Resuming a run within a task replays ``before_task`` and loads the saved state; a phase
+that was interrupted is declared again from that state, so ``after_task`` must leave what it
+computes in the module's state (parameters, buffers, ``get_extra_state``).
 """
 
 from __future__ import annotations
@@ -19,16 +35,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from clbench.backbones import Backbone
 from clbench.config import MethodConfig
-
-if TYPE_CHECKING:
-    from clbench.engine.context import TaskContext
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,39 @@ class StreamInfo:
     @property
     def n_tasks(self) -> int:
         return len(self.task_ranges)
+
+
+@runtime_checkable
+class TaskContext(Protocol):
+    """What a hook sees of the engine during one task: facts and services.
+
+    ``lo``/``hi`` bound the task's new labels; ``stage`` is ``"train"`` in the main
+    training and the phase's name in a phase.
+    """
+
+    index: int
+    lo: int
+    hi: int
+    n_tasks: int
+    device: torch.device
+    stage: str
+
+    def batches(self, augment: bool = False, cumulative: bool = False,
+                description: str = "data pass") -> Iterator[tuple[Tensor, Tensor]]:
+        """This task's training data on the compute device, new labels (statistics passes).
+
+        ``augment`` selects the training transform; ``cumulative`` covers the data of all
+        tasks so far. Under DDP each rank sees its own shard: reduce with :meth:`all_reduce`.
+        """
+        ...
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum a statistic over ranks (a no-op in a single process)."""
+        ...
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's autocast context (bf16 on CUDA, nothing on CPU)."""
+        ...
 
 
 @dataclass
@@ -59,13 +105,17 @@ class StepOutput:
 
 @dataclass
 class Phase:
-    """An extra optimisation a method declares after a task's main training (e.g. classifier
-    alignment on features sampled from stored class statistics). The engine builds the
-    optimiser and runs it with its own step code (autocast, clipping, NaN checks).
+    """An extra optimisation a method declares before or after a task's main training
+    (e.g. a task-identity model trained in its own stage, or classifier alignment on
+    features sampled from stored class statistics). The engine runs it in the same loop as
+    the main training (optimiser, lr rule, autocast, clipping, divergence checks, DDP
+    gradient averaging, checkpoints and resume).
 
-    ``batches(epoch)`` yields batches (tuples of tensors on the device) for one epoch;
+    ``batches(epoch)`` returns the epoch's batches (tuples of tensors on the device);
     ``loss(*batch)`` returns the scalar loss; ``train`` overrides ``train.*`` values for
-    this phase (e.g. ``{"optimizer": "sgd", "lr": 0.01, "schedule": "cosine"}``).
+    this phase (e.g. ``{"optimizer": "sgd", "lr": 0.01, "schedule": "cosine"}``). Draw the
+    batches' randomness from torch's global generator: a resumed phase replays an epoch's
+    draws from the generator state at the epoch's start.
     """
 
     name: str
@@ -95,8 +145,12 @@ class CLMethod(nn.Module):
         self.noncomparable: list[str] = []  # reasons this run must not be compared (record flag)
 
     # ---------------------------------------------------------------- hooks
-    def before_task(self, task: TaskContext) -> None:
-        """Prepare for task ``task.index`` (grow heads, add adapters, collect statistics)."""
+    def before_task(self, ctx: TaskContext) -> None:
+        """Prepare for task ``ctx.index`` (grow heads, add adapters, collect statistics)."""
+
+    def pre_training_phases(self, ctx: TaskContext) -> list[Phase]:
+        """Optimisations to run before the main training of the task (default: none)."""
+        return []
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups: dicts with ``params`` and optional ``lr_scale``,
@@ -104,19 +158,26 @@ class CLMethod(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params}] if params else []
 
-    def training_step(self, x: Tensor, y: Tensor, task: TaskContext) -> StepOutput:
-        """Forward a training batch (labels are new labels in ``[0, task.hi)``)."""
+    def training_step(self, x: Tensor, y: Tensor, ctx: TaskContext) -> StepOutput:
+        """Forward a training batch (labels are new labels in ``[0, ctx.hi)``)."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor, y: Tensor, task: TaskContext) -> StepOutput:
+    def forward(self, x: Tensor, y: Tensor, ctx: TaskContext) -> StepOutput:
         """Calls :meth:`training_step` (the engine calls the module, so DDP can wrap it)."""
-        return self.training_step(x, y, task)
+        return self.training_step(x, y, ctx)
 
-    def after_task(self, task: TaskContext) -> None:
-        """Finish task ``task.index`` (freeze, merge, prototypes, memory updates)."""
+    def before_optimizer_step(self, ctx: TaskContext) -> None:
+        """After backward and DDP gradient averaging, before clipping: the gradients of
+        this step are final (e.g. project them onto a subspace). Default: nothing."""
 
-    def post_task_phases(self, task: TaskContext) -> list[Phase]:
-        """Extra optimisations to run after ``after_task`` (default: none)."""
+    def after_optimizer_step(self, ctx: TaskContext) -> None:
+        """After the optimiser updated the parameters (e.g. merge or re-project them)."""
+
+    def after_task(self, ctx: TaskContext) -> None:
+        """Finish task ``ctx.index`` (freeze, merge, prototypes, memory updates)."""
+
+    def post_task_phases(self, ctx: TaskContext) -> list[Phase]:
+        """Optimisations to run after ``after_task`` (default: none)."""
         return []
 
     def predict(self, x: Tensor) -> Tensor:

@@ -79,8 +79,8 @@ class CodaPrompt(PromptMethod):
             self.register_parameter(name, None)
 
     # ---------------------------------------------------------------- task structure
-    def before_task(self, task) -> None:
-        super().before_task(task)
+    def before_task(self, ctx) -> None:
+        super().before_task(ctx)
         n, (n_layers, _, length, d) = self.per_task, self.old_p.shape
         new = {"p": [], "k": [], "a": []}
         for i in range(n_layers):
@@ -90,7 +90,7 @@ class CodaPrompt(PromptMethod):
         for name, rows in new.items():
             setattr(self, name, nn.Parameter(torch.stack(rows).to(self.old_p.device)))
 
-    def after_task(self, task) -> None:
+    def after_task(self, ctx) -> None:
         for name in ("p", "k", "a"):
             old = getattr(self, f"old_{name}")
             merged = torch.cat([old.detach(), getattr(self, name).detach()], dim=1)
@@ -137,7 +137,7 @@ class CodaPrompt(PromptMethod):
             total = total + ((gram - eye) ** 2).mean(dim=(1, 2)).sum()
         return total
 
-    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+    def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
         logits = self.head(self.features(x))
         if self.cfg.ortho_mu > 0:
             penalty = self.ortho_penalty()

@@ -60,9 +60,9 @@ class DualPrompt(PromptMethod):
         self.flag_noncomparable("dualprompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
         self._slot: int | None = None  # the training task's E-prompt entry
 
-    def before_task(self, task) -> None:
-        super().before_task(task)
-        t = task.index
+    def before_task(self, ctx) -> None:
+        super().before_task(ctx)
+        t = ctx.index
         self._slot = t if t < self.cfg.pool_size else None
         if self.cfg.shared_pool and self._slot is not None and t > 0:
             with torch.no_grad():
@@ -81,7 +81,7 @@ class DualPrompt(PromptMethod):
         with self.backbone.prompted(prefixes=self.prefixes(idx)):
             return self.backbone(x)
 
-    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+    def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
         q = self.query(x)
         sim = cosine_matrix(q, self.keys)
         if self._slot is not None:

@@ -20,10 +20,10 @@ class Finetune(CLMethod):
         super().__init__(cfg, backbone, info)
         self.head = IncrementalLinear(backbone.embed_dim)
 
-    def before_task(self, task) -> None:
-        self.head.grow(task.hi)
+    def before_task(self, ctx) -> None:
+        self.head.grow(ctx.hi)
 
-    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+    def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
         return StepOutput(self.head(self.backbone(x)))
 
     def predict(self, x: Tensor) -> Tensor:

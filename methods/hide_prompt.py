@@ -140,15 +140,15 @@ class HiDePrompt(PromptMethod):
         self._prototypes: Tensor | None = None
 
     # ---------------------------------------------------------------- task structure
-    def before_task(self, task) -> None:
-        super().before_task(task)
-        self.tii_head.grow(task.hi)
-        self._task = t = task.index
+    def before_task(self, ctx) -> None:
+        super().before_task(ctx)
+        self.tii_head.grow(ctx.hi)
+        self._task = t = ctx.index
         if self.cfg.shared_pool and t > 0:
             with torch.no_grad():
                 self.prompts[:, t] = self.prompts[:, t - 1]
-        valid = self.prompted_count[: task.lo] > 0  # prototypes: stored centroids of earlier classes
-        self._prototypes = self.prompted_mean[: task.lo][valid]
+        valid = self.prompted_count[: ctx.lo] > 0  # prototypes: stored centroids of earlier classes
+        self._prototypes = self.prompted_mean[: ctx.lo][valid]
 
     def parameter_groups(self) -> list[dict]:
         tii = list(self.tii_mlp.parameters()) + list(self.tii_head.parameters())
@@ -183,10 +183,10 @@ class HiDePrompt(PromptMethod):
             sim = rows @ rows.t() / self.cfg.temperature
             return F.cross_entropy(sim, torch.arange(len(rows), device=rows.device))
 
-    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+    def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
         q = self.query(x)
-        tii_ce = F.cross_entropy(self.tii_logits(q)[:, task.lo:task.hi].float(), y - task.lo)
-        pool = self.training_prompt(task.index).unsqueeze(1)  # (layers, 1, 2, L, D)
+        tii_ce = F.cross_entropy(self.tii_logits(q)[:, ctx.lo:ctx.hi].float(), y - ctx.lo)
+        pool = self.training_prompt(ctx.index).unsqueeze(1)  # (layers, 1, 2, L, D)
         feats = self.features(x, pool, 0)
         contrast = self.contrastive(feats)
         return StepOutput(self.head(feats), loss=tii_ce + self.cfg.reg * contrast,
@@ -205,20 +205,20 @@ class HiDePrompt(PromptMethod):
         return self.head(self.features(x, self.prompts, tasks))
 
     # ---------------------------------------------------------------- after a task
-    def after_task(self, task) -> None:
-        t, m = task.index, self.cfg.prompt_momentum
+    def after_task(self, ctx) -> None:
+        t, m = ctx.index, self.cfg.prompt_momentum
         if t > 0 and m > 0:
             with torch.no_grad():
                 self.prompts[:, t] = self.training_prompt(t)
         raw, prompted, labels = [], [], []
-        with self.frozen_features(), task.autocast():
-            for x, y in task.batches(augment=False, description="class statistics"):
+        with self.frozen_features(), ctx.autocast():
+            for x, y in ctx.batches(augment=False, description="class statistics"):
                 raw.append(self.query(x))
                 prompted.append(self.features(x, self.prompts, t).float())
                 labels.append(y)
         labels_t = torch.cat(labels)
         for space, feats in (("raw", torch.cat(raw)), ("prompted", torch.cat(prompted))):
-            stats = [centroid_statistics(feats[labels_t == c], self.cfg.n_centroids) for c in range(task.lo, task.hi)]
+            stats = [centroid_statistics(feats[labels_t == c], self.cfg.n_centroids) for c in range(ctx.lo, ctx.hi)]
             for name, values in zip(("mean", "var", "count"), zip(*stats)):
                 old = getattr(self, f"{space}_{name}")
                 setattr(self, f"{space}_{name}", torch.cat([old, torch.stack(values).to(old)]))
@@ -242,10 +242,10 @@ class HiDePrompt(PromptMethod):
 
         return batches
 
-    def post_task_phases(self, task) -> list[Phase]:
-        if task.index == 0 or self.cfg.align_epochs <= 0:
+    def post_task_phases(self, ctx) -> list[Phase]:
+        if ctx.index == 0 or self.cfg.align_epochs <= 0:
             return []
-        hi, steps, cfg = task.hi, task.lo, self.cfg  # steps per epoch: classes of earlier tasks
+        hi, steps, cfg = ctx.hi, ctx.lo, self.cfg  # steps per epoch: classes of earlier tasks
         sgd = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "grad_clip": None}
         tii_params = list(self.tii_mlp.parameters()) + list(self.tii_head.parameters())
         return [

@@ -187,15 +187,15 @@ class InfLoRA(CLMethod):
         self._log: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- statistics
-    def covariances(self, task, augment: bool, description: str) -> Tensor:
+    def covariances(self, ctx, augment: bool, description: str) -> Tensor:
         """Uncentred covariance (L, d, d) float64 of every adapted block's qkv input on the task."""
         with self.frozen_features(), self.adapter.input_covariance() as cov:
-            for x, _ in task.batches(augment=augment, description=description):
-                with task.autocast():
+            for x, _ in ctx.batches(augment=augment, description=description):
+                with ctx.autocast():
                     self.backbone(x)
         if cov.sums is None:
-            raise RuntimeError(f"InfLoRA: task {task.index + 1} has no training data for its covariance pass")
-        return task.all_reduce(cov.sums) / task.all_reduce(cov.count)
+            raise RuntimeError(f"InfLoRA: task {ctx.index + 1} has no training data for its covariance pass")
+        return ctx.all_reduce(cov.sums) / ctx.all_reduce(cov.count)
 
     @torch.no_grad()
     def design_down(self, covs: Tensor) -> Tensor:
@@ -207,28 +207,28 @@ class InfLoRA(CLMethod):
         return torch.stack(rows).float()
 
     # ---------------------------------------------------------------- hooks
-    def before_task(self, task) -> None:
-        covs = self.covariances(task, self.cfg.cov_augment, "InfLoRA input covariance")
+    def before_task(self, ctx) -> None:
+        covs = self.covariances(ctx, self.cfg.cov_augment, "InfLoRA input covariance")
         down = self.design_down(covs)
         A = down[:, None].expand(-1, 2, -1, -1)  # the same design for k and v
         self.adapter.add_branch(self.cfg.rank, A=A, train_A=False)
-        self.heads.add(task.hi - task.lo)
+        self.heads.add(ctx.hi - ctx.lo)
         self._log = {"rank": self.cfg.rank, "blocks": self.adapter.block_ids}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         return [{"params": [self.adapter.B]},
                 {"params": [self.heads.weight, self.heads.bias], "lr_scale": self.cfg.head_lr_scale}]
 
-    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+    def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
         return StepOutput(self.heads(self.backbone(x)))
 
-    def after_task(self, task) -> None:
+    def after_task(self, ctx) -> None:
         self.adapter.freeze_current(merge=True)
-        if task.index + 1 >= task.n_tasks:
+        if ctx.index + 1 >= ctx.n_tasks:
             self._log["memory"] = "not updated after the last task"
             return
-        eps = memory_threshold(self.cfg.lamb, self.cfg.lame, task.index, task.n_tasks)
-        covs = self.covariances(task, self.cfg.cov_augment, "InfLoRA memory update")
+        eps = memory_threshold(self.cfg.lamb, self.cfg.lame, ctx.index, ctx.n_tasks)
+        covs = self.covariances(ctx, self.cfg.cov_augment, "InfLoRA memory update")
         self.memory.update(covs, eps, dual=self.cfg.memory == "dualgpm")
         self._log.update(threshold=eps, memory_dims=self.memory.dims(), memory_kinds=list(self.memory.kinds))
 

@@ -61,12 +61,12 @@ class L2P(PromptMethod):
         n = self.cfg.top_k
         return (t * n, (t + 1) * n) if (t + 1) * n <= self.cfg.pool_size else None
 
-    def before_task(self, task) -> None:
-        super().before_task(task)
-        slots = self._task_slots(task.index)
+    def before_task(self, ctx) -> None:
+        super().before_task(ctx)
+        slots = self._task_slots(ctx.index)
         forced = self.cfg.prompt_mask and slots is not None
         self._forced = torch.arange(*slots, device=self.keys.device) if forced else None
-        previous = self._task_slots(task.index - 1) if task.index > 0 else None
+        previous = self._task_slots(ctx.index - 1) if ctx.index > 0 else None
         if self.cfg.shared_pool and slots is not None and previous is not None:
             with torch.no_grad():
                 self.prompts[slots[0]:slots[1]] = self.prompts[previous[0]:previous[1]]
@@ -89,7 +89,7 @@ class L2P(PromptMethod):
         n = self.backbone.num_prefix_tokens
         return out[:, n:n + tokens.shape[1]].mean(dim=1)
 
-    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+    def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
         q = self.query(x)
         sim, idx = self._select(q, train=True)
         logits = self.head(self.features(x, idx))

@@ -34,12 +34,12 @@ class LoRA(CLMethod):
         self.adapter = QKVLowRank(backbone, targets=cfg.targets)
         self.head = IncrementalLinear(backbone.embed_dim)
 
-    def before_task(self, task) -> None:
+    def before_task(self, ctx) -> None:
         if self.adapter.A is None:
             self.adapter.add_branch(self.cfg.rank)
-        self.head.grow(task.hi)
+        self.head.grow(ctx.hi)
 
-    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+    def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
         return StepOutput(self.head(self.backbone(x)))
 
     def predict(self, x: Tensor) -> Tensor:

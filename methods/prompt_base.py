@@ -53,8 +53,8 @@ class PromptMethod(CLMethod):
         if reshape_bug:
             self.noncomparable.append(RESHAPE_BUG_REASON.format(method=name))
 
-    def before_task(self, task: Any) -> None:
-        self.head.grow(task.hi)
+    def before_task(self, ctx) -> None:
+        self.head.grow(ctx.hi)
 
     def query(self, x: Tensor) -> Tensor:
         return frozen_query(self.backbone, x)

@@ -133,11 +133,11 @@ class SDLoRA(CLMethod):
         return frozen, current
 
     # ---------------------------------------------------------------- hooks
-    def before_task(self, task) -> None:
+    def before_task(self, ctx) -> None:
         if self.adapter.A is not None:
             self._freeze_current()
         device = self.adapter.frozen_A.device
-        rank = self.rank_for(task.index)
+        rank = self.rank_for(ctx.index)
         old = self.magnitudes.detach()
         if self.reset_magnitudes:
             values = torch.full((len(self.ranks) + 1,), self.init_magnitude, device=device)
@@ -147,7 +147,7 @@ class SDLoRA(CLMethod):
             values = torch.cat([old.to(device), torch.full((1,), self.init_magnitude, device=device)])
         self.magnitudes = nn.Parameter(values)
         self.adapter.add_branch(rank)
-        self.head.grow(task.hi)
+        self.head.grow(ctx.hi)
         self._log = {"mode": self.cfg.mode, "rank": rank}
 
     @torch.no_grad()
@@ -164,10 +164,10 @@ class SDLoRA(CLMethod):
         params = [self.adapter.A, self.adapter.B, self.magnitudes, self.head.weight, self.head.bias]
         return [{"params": [p for p in params if p is not None and p.requires_grad]}]
 
-    def training_step(self, x: Tensor, y: Tensor, task) -> StepOutput:
+    def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
         return StepOutput(self.head(self.backbone(x)))
 
-    def after_task(self, task) -> None:
+    def after_task(self, ctx) -> None:
         fit = self._fit()
         self._log["fit_residual"] = None if fit is None else float(self._solve(*(t.sum((0, 1)) for t in fit))[1])
         if self.distill:

@@ -23,17 +23,17 @@ class SimpleCIL(CLMethod):
     def parameter_groups(self) -> list:
         return []
 
-    def after_task(self, task) -> None:
-        n = task.hi - task.lo
-        sums = torch.zeros(n, self.backbone.embed_dim, device=task.device, dtype=torch.float64)
-        counts = torch.zeros(n, device=task.device, dtype=torch.float64)
-        with self.frozen_features(), task.autocast():
-            for x, y in task.batches(augment=False, description="prototypes"):
+    def after_task(self, ctx) -> None:
+        n = ctx.hi - ctx.lo
+        sums = torch.zeros(n, self.backbone.embed_dim, device=ctx.device, dtype=torch.float64)
+        counts = torch.zeros(n, device=ctx.device, dtype=torch.float64)
+        with self.frozen_features(), ctx.autocast():
+            for x, y in ctx.batches(augment=False, description="prototypes"):
                 feats = self.backbone(x).double()
-                sums.index_add_(0, y - task.lo, feats)
-                counts.index_add_(0, y - task.lo, torch.ones_like(y, dtype=torch.float64))
-        sums, counts = task.all_reduce(sums), task.all_reduce(counts)
-        labels = torch.arange(task.lo, task.hi, device=task.device)
+                sums.index_add_(0, y - ctx.lo, feats)
+                counts.index_add_(0, y - ctx.lo, torch.ones_like(y, dtype=torch.float64))
+        sums, counts = ctx.all_reduce(sums), ctx.all_reduce(counts)
+        labels = torch.arange(ctx.lo, ctx.hi, device=ctx.device)
         self.prototypes.set(labels, (sums / counts[:, None]).float())
 
     def predict(self, x: Tensor) -> Tensor:

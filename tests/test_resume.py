@@ -9,6 +9,7 @@ import sys
 import jsonschema
 import pytest
 
+from clbench.engine.loop import Loop
 from clbench.engine.trainer import Trainer
 from clbench.errors import ConfigError
 from clbench.experiment import DataCache, execute, plan, resume
@@ -24,20 +25,20 @@ RUN = TWO_TASKS + [("benchmark.n_classes", 4), ("benchmark.n_tasks", 2), ("train
 # Runs the CLI, sending itself a signal at a given training step (before that step runs).
 LAUNCH = '''
 import os, signal, sys
-from clbench.engine.trainer import Trainer
+from clbench.engine.loop import Loop
 
 TASK, STEP, SIG = (int(v) for v in os.environ["SIGNAL_AT"].split(","))
-original, calls = Trainer.train_step, {}
+original, calls = Loop.step, {}
 
 
-def train_step(self, model, optimizer, params, x, y, ctx):
-    calls[ctx.index] = calls.get(ctx.index, 0) + 1
-    if ctx.index == TASK and calls[ctx.index] == STEP:
+def step(self, spec, *args):
+    calls[spec.task_index] = calls.get(spec.task_index, 0) + 1
+    if spec.task_index == TASK and calls[spec.task_index] == STEP:
         os.kill(os.getpid(), SIG)
-    return original(self, model, optimizer, params, x, y, ctx)
+    return original(self, spec, *args)
 
 
-Trainer.train_step = train_step
+Loop.step = step
 from clbench.cli import main
 sys.exit(main())
 '''
@@ -115,20 +116,22 @@ def test_every_method_resumes_to_the_same_results(method, tmp_path, monkeypatch)
     trains = reference["tasks"][1]["steps"] > 0
     calls = {"n": 0}
 
-    def crash_after_one_step(trainer, *args):
+    def crash_after_one_step(loop, spec, *args):
         calls["n"] += 1
-        if args[-1].index == 1 and calls["n"] > reference["tasks"][0]["steps"] + 1:
+        if spec.task_index == 1 and calls["n"] > reference["tasks"][0]["steps"] + 1:
             raise Crash
-        return original_step(trainer, *args)
+        return original_step(loop, spec, *args)
 
     def crash_in_evaluation(trainer, task):
         if task.index == 1:
             raise Crash
         return original_eval(trainer, task)
 
-    original_step, original_eval = Trainer.train_step, Trainer.evaluate
-    monkeypatch.setattr(Trainer, "train_step" if trains else "evaluate",
-                        crash_after_one_step if trains else crash_in_evaluation)
+    original_step, original_eval = Loop.step, Trainer.evaluate
+    if trains:
+        monkeypatch.setattr(Loop, "step", crash_after_one_step)
+    else:
+        monkeypatch.setattr(Trainer, "evaluate", crash_in_evaluation)
     with pytest.raises(Crash):
         execute(planned, cache=cache)
     monkeypatch.undo()

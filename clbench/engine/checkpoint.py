@@ -5,14 +5,17 @@ Files in ``<run_dir>/checkpoint/`` (rank 0 writes both, atomically)::
     boundary.pt  after the last finished task: the method's full ``state_dict`` (backbone
                  included), the number of finished tasks, every rank's RNG states
     step.pt      within the next task, every ``engine.checkpoint_every`` steps and when a run
-                 is stopped (Ctrl-C, SIGTERM): full state, optimiser state, loop position
-                 (epoch, batch, step), running loss sums, elapsed time, RNG states
+                 is stopped (Ctrl-C, SIGTERM): full state, optimiser state, the stage (a
+                 pre-training phase, the main training or a post-task phase), the loop
+                 position (epoch, batch, step, RNG states at the epoch's start), running loss
+                 sums, what earlier stages of the task logged, elapsed time, RNG states
 
 Resuming rebuilds the method exactly as the run did (same seed), loads ``boundary.pt``,
 replays ``before_task`` of the unfinished task (it builds the task's structure: new
-branches, grown heads), loads ``step.pt`` and goes on from the next batch. Nothing about the
-order of the data is stored: each epoch's order is a function of (seed, task, epoch), and
-the skipped batches are never loaded, so augmentation draws continue where they stopped.
+branches, grown heads), loads ``step.pt``, skips the stages that were done and goes on from
+the next batch. Nothing about the order of the data is stored: each epoch's order is a
+function of (seed, task, epoch), the skipped batches are never loaded, and an epoch whose
+batches are drawn at random (phases) is re-drawn from the RNG state of its start.
 On CPU the resumed run's results equal an uninterrupted run's (``tests/test_resume.py``).
 
 A checkpoint is never written from non-finite losses or weights. When the loss diverges, a
@@ -23,62 +26,18 @@ Files load with ``torch.load(weights_only=True)``: tensors and plain values only
 
 from __future__ import annotations
 
-import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..records import atomic_write_with
 from .dist import SingleProcess
 
-VERSION = 1
+VERSION = 2  # 2: step checkpoints name their stage (pre-training phase, main training, post-task phase)
 BOUNDARY, STEP = "boundary.pt", "step.pt"
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states (torch CPU and CUDA, NumPy, Python), as plain values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-@dataclass
-class LoopPosition:
-    """Where a task's training loop stands: ``batch`` batches of ``epoch`` are done."""
-
-    epoch: int = 0
-    batch: int = 0
-    steps: int = 0
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-
-    def to_state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "steps": self.steps, "elapsed_s": self.elapsed_s,
-                "sums": {k: v.detach().cpu() for k, v in self.sums.items()}}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> LoopPosition:
-        return cls(state["epoch"], state["batch"], state["steps"],
-                   {k: v.to(device) for k, v in state["sums"].items()}, state["elapsed_s"])
 
 
 @dataclass
@@ -95,7 +54,8 @@ class ResumePoint:
         where = None
         if self.step is not None:
             pos = self.step["position"]
-            where = {"epoch": pos["epoch"], "batch": pos["batch"], "steps": pos["steps"]}
+            where = {"stage": self.step["stage"]["name"], "epoch": pos["epoch"], "batch": pos["batch"],
+                     "steps": pos["steps"]}
         return {"tasks_done": self.tasks_done, "within_task": where}
 
 
@@ -124,13 +84,13 @@ class Checkpointer:
         if self.dist.is_main:
             (self.directory / STEP).unlink(missing_ok=True)  # it belongs to the finished task
 
-    def save_step(self, task_index: int, model: dict[str, Any], optimizer: dict[str, Any],
-                  position: LoopPosition, rng: list[dict[str, Any]]) -> None:
-        """Within task ``task_index``: enough to go on from the next batch."""
+    def save_step(self, task_index: int, model: dict[str, Any], optimizer: dict[str, Any], stage: dict[str, Any],
+                  position: dict[str, Any], progress: dict[str, Any], rng: list[dict[str, Any]]) -> None:
+        """Within task ``task_index``: enough to go on from the next batch of ``stage``."""
         if not self.enabled:
             return
         self._write(STEP, {"version": VERSION, "task": task_index, "model": model, "optimizer": optimizer,
-                           "position": position.to_state(), "rng": rng})
+                           "stage": stage, "position": position, "progress": progress, "rng": rng})
 
     def drop_step(self) -> None:
         """Forget the checkpoint within the current task (resume from the task's start)."""
@@ -142,8 +102,8 @@ class Checkpointer:
         boundary = self._read(BOUNDARY)
         step = self._read(STEP)
         done = boundary["tasks_done"] if boundary else 0
-        if step is not None and step["task"] != done:
-            step = None  # left over from a task that finished; the boundary is newer
+        if step is not None and (step["task"] != done or step.get("version") != VERSION):
+            step = None  # left over from a finished task (the boundary is newer) or an older clbench
         return ResumePoint(done, boundary["model"] if boundary else None, boundary["rng"] if boundary else None, step)
 
     def _read(self, name: str) -> dict[str, Any] | None:

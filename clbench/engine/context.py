@@ -1,44 +1,36 @@
-"""What a method sees of the engine during one task."""
+"""The engine's implementation of the :class:`~clbench.methods.base.TaskContext` protocol."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 import torch
 
 from ..data.stream import Task
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
-
-class TaskContext:
+class EngineTaskContext:
     """Task facts plus engine services (data passes, reductions, autocast) for method hooks."""
 
-    def __init__(self, trainer: Trainer, task: Task):
-        self._trainer = trainer
+    def __init__(self, task: Task, n_tasks: int, device: torch.device,
+                 data_pass: Callable[[Task, bool, bool, str], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor],
+                 autocast: Callable[[], contextlib.AbstractContextManager]):
         self.task = task
         self.index = task.index
         self.lo, self.hi = task.lo, task.hi
-        self.n_tasks = trainer.stream.n_tasks
-        self.device = trainer.device
+        self.n_tasks = n_tasks
+        self.device = device
+        self.stage = "train"
+        self._data_pass, self._all_reduce, self._autocast = data_pass, all_reduce, autocast
 
     def batches(self, augment: bool = False, cumulative: bool = False,
                 description: str = "data pass") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Iterate over this task's training data (on the compute device, labels new).
-
-        Use for statistics passes (prototypes, covariances). ``augment`` selects the training
-        transform; ``cumulative`` covers the data of all tasks so far. Under DDP each rank sees
-        its own shard: reduce results with :meth:`all_reduce`.
-        """
-        return self._trainer.data_pass(self.task, augment, cumulative, description)
+        return self._data_pass(self.task, augment, cumulative, description)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum a statistic over ranks (a no-op in a single process)."""
-        return self._trainer.dist.all_reduce(tensor)
+        return self._all_reduce(tensor)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The run's autocast context (bf16 on CUDA, nothing on CPU)."""
-        return self._trainer.autocast()
+        return self._autocast()

@@ -23,12 +23,23 @@ def task_hparams(cfg: TrainConfig, task_index: int) -> tuple[int, float, tuple[i
     return cfg.epochs, cfg.lr, cfg.milestones
 
 
+def group_lr(lr: float, group: dict[str, Any], factor: float = 1.0) -> float:
+    """The one lr rule: base lr × the group's ``lr_scale`` × the schedule's factor."""
+    return lr * group.get("lr_scale", 1.0) * factor
+
+
+def set_group_lrs(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]], lr: float, factor: float) -> None:
+    """Set every optimiser group's lr for an epoch whose schedule factor is ``factor``."""
+    for param_group, group in zip(optimizer.param_groups, groups):
+        param_group["lr"] = group_lr(lr, group, factor)
+
+
 def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """One optimiser over the method's groups; ``lr_scale`` multiplies the base lr per group."""
     param_groups = []
     for group in groups:
         g = {k: v for k, v in group.items() if k not in ("lr_scale", "name")}
-        g["lr"] = lr * group.get("lr_scale", 1.0)
+        g["lr"] = group_lr(lr, group)
         g.setdefault("weight_decay", cfg.weight_decay)
         param_groups.append(g)
     if cfg.optimizer == "sgd":

@@ -6,6 +6,8 @@ import contextlib
 import os
 import random
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -70,3 +72,34 @@ def engine_summary(device: torch.device, dtype: torch.dtype | None) -> dict:
     return {"device": str(device), "autocast": str(dtype).replace("torch.", "") if dtype else "fp32",
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads()}
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU and CUDA, NumPy, Python), as plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def compile_backbone(backbone: torch.nn.Module) -> None:
+    """``engine.compile``: compile the backbone's token forward with ``torch.compile``
+    (timm module and parameter names unchanged; adapters' hooks are traced with it)."""
+    vit = backbone.vit
+    if not getattr(vit, "_clbench_compiled", False):
+        vit.forward_features = torch.compile(vit.forward_features)
+        vit._clbench_compiled = True

@@ -1,113 +1,106 @@
-"""The trainer: the one training/evaluation loop every method runs in.
+"""The trainer: the one training/evaluation sequence every method runs in.
 
-Per task it calls the method's hooks (see :mod:`clbench.methods.base`), builds the optimiser
-and schedule from the method's parameter groups, runs the epochs (autocast, gradient
-clipping, NaN checks, progress), evaluates once on the test data of all seen classes, and
-hands the results to the run recorder. It never looks at which method it runs.
+Per task it calls the method's hooks (see :mod:`clbench.methods.base` for their order), runs
+the main training and every declared phase through the one optimisation loop
+(:mod:`clbench.engine.loop`), evaluates once on the test data of all seen classes, and hands
+the results to the run recorder. It never looks at which method it runs.
 
-Under torchrun (:mod:`clbench.engine.dist`) the same loop runs on every rank: the model is
-wrapped in DDP per task, each epoch's order is shared and every rank takes its part of each
-global batch, statistics passes and evaluation shard the data without padding, and the
-ranks are checked to hold the same model after every task. With a
-:class:`~clbench.engine.checkpoint.Checkpointer` it saves resume points after every task and
-every ``engine.checkpoint_every`` steps, and a first Ctrl-C (or SIGTERM) finishes the step,
-saves and stops.
+Under torchrun (:mod:`clbench.engine.dist`) the same sequence runs on every rank: the model
+is wrapped in DDP for a task's main training, each epoch's order is shared and every rank
+takes its part of each global batch, phases average their gradients over ranks, statistics
+passes and evaluation shard the data without padding, and the ranks are checked to hold the
+same model after every task. With a :class:`~clbench.engine.checkpoint.Checkpointer` it saves
+resume points after every task and every ``engine.checkpoint_every`` steps of any loop, and
+a first Ctrl-C (or SIGTERM) finishes the step, saves and stops.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
-from ..config import RunConfig
-from ..data.datasets import LabelledDataset
+from ..config import RunConfig, apply_values
 from ..data.stream import ClassIncrementalStream, Task
-from ..errors import ConfigError, TrainingDiverged
-from .checkpoint import Checkpointer, LoopPosition, ResumePoint, rng_state, set_rng_state
-from .context import TaskContext
+from ..errors import ConfigError
+from .checkpoint import Checkpointer, ResumePoint
+from .context import EngineTaskContext
 from .dist import SingleProcess
-from .optim import build_optimizer, lr_factor, masked_cross_entropy, task_hparams
+from .loaders import Batch, Loaders
+from .loop import Loop, LoopPosition, LoopResult, LoopSpec, StepHooks, StopRequest
+from .optim import masked_cross_entropy, task_hparams
 from .progress import ProgressReporter
-from .runtime import autocast, data_workers, resolve_device, resolve_precision
+from .runtime import autocast, compile_backbone, resolve_device, resolve_precision, rng_state, set_rng_state
 from .state import restore_state
 
-SYNC_EVERY = 20  # steps between host syncs (loss display, NaN check); avoids a sync per step
+if TYPE_CHECKING:
+    from ..methods.base import CLMethod, Phase
+
+TaskEnd = Callable[[Task, dict[str, Any]], None]
+MAIN_HINT = "Lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0)"
+PHASE_HINT = "Lower the phase's learning rate (a method option)"
 
 
-def _collate(batch: Any) -> Any:
-    return batch  # datasets return collated batches from __getitems__
+class Stage:
+    """Which loop of a task a step checkpoint belongs to: a pre-training phase, the main
+    training or a post-task phase (``index``: the phase's position in its list)."""
+
+    ORDER = ("pre", "main", "post")
+
+    def __init__(self, kind: str, index: int = 0, name: str = "train"):
+        self.kind, self.index, self.name = kind, index, name
+
+    def to_state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "index": self.index, "name": self.name}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Stage:
+        return cls(state["kind"], state["index"], state["name"])
+
+    def reached(self, kind: str) -> bool:
+        """Whether a task resumed at this stage still has to run stage kind ``kind``."""
+        return self.ORDER.index(kind) >= self.ORDER.index(self.kind)
 
 
-class TaskBatches(Sampler[list[int]]):
-    """This rank's batches of one epoch of a task's training data, resumable at any batch.
+class TaskResume:
+    """A step checkpoint within a task, unpacked for the stage it belongs to."""
 
-    The epoch's order is ``torch.randperm`` seeded with ``seed + epoch``, the same on every
-    rank (torch's :class:`DistributedSampler`, ``set_epoch`` per epoch); rank ``r`` takes every
-    ``world``-th sample, so the ranks' ``k``-th batches together are the ``k``-th global
-    batch of a one-process run. :meth:`start` skips batches without loading them.
-    """
+    def __init__(self, step: dict[str, Any], device: torch.device):
+        self.stage = Stage.from_state(step["stage"])
+        self.position = LoopPosition.from_state(step["position"], device)
+        self.optimizer = step["optimizer"]
+        self.progress = dict(step["progress"])
 
-    def __init__(self, dataset: LabelledDataset, batch_size: int, seed: int, rank: int, world: int, drop_last: bool):
-        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.batches = BatchSampler(self.sampler, batch_size, drop_last)
-        self.skip = 0
-
-    def start(self, epoch: int, skip: int = 0) -> None:
-        self.sampler.set_epoch(epoch)
-        self.skip = skip
-
-    @property
-    def per_epoch(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return itertools.islice(iter(self.batches), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.batches) - self.skip)
+    def at(self, kind: str, index: int = 0) -> TaskResume | None:
+        """This resume point if it lies in that loop."""
+        return self if (self.stage.kind, self.stage.index) == (kind, index) else None
 
 
-class StopRequest:
-    """SIGINT/SIGTERM while training: finish the step, checkpoint, stop. Outside the training
-    loop, or at a second signal, stop at once (the last checkpoint is the resume point)."""
+class _StageCheckpoint:
+    """Saves a loop's resume points with the task's progress so far."""
 
-    def __init__(self) -> None:
-        self.requested = False
-        self.in_loop = False
-        self._previous: dict[int, Any] = {}
+    def __init__(self, trainer: Trainer, task: Task, stage: Stage, progress: dict[str, Any], started: float):
+        self.trainer, self.task, self.stage = trainer, task, stage
+        self.progress, self.started = progress, started
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.in_loop and not self.requested:
-            self.requested = True
-            return
-        raise KeyboardInterrupt
+    def save(self, spec: LoopSpec, optimizer: torch.optim.Optimizer, pos: LoopPosition) -> None:
+        t = self.trainer
+        progress = {**self.progress, "elapsed_s": time.perf_counter() - self.started}
+        t.checkpoint.save_step(self.task.index, t.method.state_dict(), optimizer.state_dict(), self.stage.to_state(),
+                               pos.to_state(), progress, t.rng_states())
 
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL):
-                    self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    def drop(self) -> None:
+        self.trainer.checkpoint.drop_step()
 
 
 class Trainer:
     """Runs one method through one stream; results go to ``on_task_end`` (the recorder)."""
 
-    def __init__(self, method: torch.nn.Module, stream: ClassIncrementalStream, cfg: RunConfig,
+    def __init__(self, method: CLMethod, stream: ClassIncrementalStream, cfg: RunConfig,
                  progress: ProgressReporter | None = None, dist: SingleProcess | None = None,
-                 on_task_end: Any = None, checkpoint: Checkpointer | None = None):
+                 on_task_end: TaskEnd | None = None, checkpoint: Checkpointer | None = None):
         self.method = method
         self.stream = stream
         self.cfg = cfg
@@ -121,65 +114,31 @@ class Trainer:
         self.stop = StopRequest()
         # augmentation randomness of this rank (other ranks: other draws); model randomness
         # stays on the global generator, the same on every rank
-        self._data_rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank).get_state()
+        self.loaders = Loaders(self.dist, self.device, cfg.engine.num_workers, cfg.seed * 1000 + self.dist.rank)
+        self.loop = Loop(self.dist, self.progress, self.stop, self.autocast, self.checkpoint.every)
 
     # ------------------------------------------------------------------ services
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
 
-    def _loader(self, dataset: LabelledDataset, **kwargs: Any) -> DataLoader:
-        workers = data_workers(self.cfg.engine.num_workers, dataset.in_memory, self.dist.world_size)
-        # an own generator for the loader's worker seed keeps the global RNG untouched
-        return DataLoader(dataset, num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, generator=torch.Generator().manual_seed(self.dist.rank), **kwargs)
-
-    def loader(self, dataset: LabelledDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-               drop_last: bool = False) -> DataLoader:
-        """A loader over this rank's part of ``dataset``: shuffled batches for training
-        (call ``loader.batch_sampler.start(epoch)`` per epoch), else an unpadded shard."""
-        if shuffle:
-            sampler = TaskBatches(dataset, batch_size, seed, self.dist.rank, self.dist.world_size, drop_last)
-            return self._loader(dataset, batch_sampler=sampler)
-        return self._loader(dataset, batch_size=batch_size, sampler=self.dist.shard(len(dataset)))
-
-    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Move a batch to the compute device; uint8 images become float in [0, 1] there."""
-        x = x.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        return x, y.to(self.device, non_blocking=True)
+    def context(self, task: Task) -> EngineTaskContext:
+        """The :class:`~clbench.methods.base.TaskContext` the method's hooks get for ``task``."""
+        return EngineTaskContext(task, self.stream.n_tasks, self.device, self.data_pass, self.dist.all_reduce,
+                                 self.autocast)
 
     def data_pass(self, task: Task, augment: bool, cumulative: bool, description: str) -> Iterator:
         data = self.stream.train_data(task.index, cumulative=cumulative, augment=augment)
-        loader = self.loader(data, self.train_cfg.eval_batch_size)
+        loader = self.loaders.evaluation(data, self.train_cfg.eval_batch_size)
         bar = self.progress.bar(f"task {task.index + 1}: {description}", len(loader))
-        for x, y in self._fetch(loader):  # shards differ in size: keep their draws off the shared RNG
-            yield self.to_device(x, y)
+        for batch in self.loaders.on_device(self.loaders.fetch(loader)):  # shards differ: own RNG under DDP
+            yield batch
             self.progress.advance(bar)
         self.progress.done(bar)
-
-    def _fetch(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The loader's batches; under DDP, augmentation draws from this rank's own RNG."""
-        if self.dist.world_size == 1:
-            yield from loader
-            return
-        it = iter(loader)
-        while True:
-            model_rng = torch.get_rng_state()
-            torch.set_rng_state(self._data_rng)
-            try:
-                batch = next(it, None)
-            finally:
-                self._data_rng = torch.get_rng_state()
-                torch.set_rng_state(model_rng)
-            if batch is None:
-                return
-            yield batch
 
     # ------------------------------------------------------------------ state
     def rng_states(self) -> list[dict[str, Any]]:
         """Every rank's RNG states (for checkpoints)."""
-        return self.dist.gather_objects({**rng_state(), "data": self._data_rng})
+        return self.dist.gather_objects({**rng_state(), "data": self.loaders.data_rng})
 
     def set_rng_states(self, states: list[dict[str, Any]]) -> None:
         if len(states) != self.dist.world_size:
@@ -188,11 +147,11 @@ class Trainer:
                 f"(this launch has {self.dist.world_size}), or results would not match the interrupted run.")
         state = states[self.dist.rank]
         set_rng_state(state)
-        self._data_rng = state["data"]
+        self.loaders.data_rng = state["data"]
 
     def _check_ranks_agree(self, task: Task) -> None:
         """Every rank must hold the same model after a task; a method that forgot to reduce a
-        statistic over ranks (``task.all_reduce``) fails here instead of silently."""
+        statistic over ranks (``ctx.all_reduce``) fails here instead of silently."""
         if self.dist.world_size == 1:
             return
         state = self.method.state_dict()
@@ -203,12 +162,14 @@ class Trainer:
         if differ:
             raise RuntimeError(
                 f"After task {task.index + 1} the ranks hold different values of {differ[:5]}. The method "
-                f"must reduce statistics it gathers from data over ranks with task.all_reduce(...).")
+                f"must reduce statistics it gathers from data over ranks with ctx.all_reduce(...).")
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ tasks
     def fit(self, resume: ResumePoint | None = None) -> None:
         """Train and evaluate task by task (from ``resume`` when given)."""
         self.method.to(self.device)
+        if self.cfg.engine.compile:
+            compile_backbone(self.method.backbone)
         start, step = 0, None
         if resume is not None:
             start, step = resume.tasks_done, resume.step
@@ -224,215 +185,140 @@ class Trainer:
 
     def run_task(self, task: Task, step: dict[str, Any] | None = None) -> None:
         """One task; ``step`` is a checkpoint within it to continue from."""
-        ctx = TaskContext(self, task)
+        ctx = self.context(task)
         start = time.perf_counter()
-        self.method.train()
-        self.method.before_task(ctx)
-        self.method.to(self.device)
-        position = None
+        method = self.method
+        method.train()
+        method.before_task(ctx)
+        method.to(self.device)
+        resume = None
         if step is not None:  # before_task rebuilt the task's structure; now its trained values
-            restore_state(self.method, step["model"], omitted=())
-            self.method.to(self.device)
+            restore_state(method, step["model"], omitted=())
+            method.to(self.device)
             self.set_rng_states(step["rng"])
-            position = LoopPosition.from_state(step["position"], self.device)
-        groups = self.method.parameter_groups()
-        epochs, lr, milestones = task_hparams(self.train_cfg, task.index)
-        trainable = sum(p.numel() for g in groups for p in g["params"])
-        logs: dict[str, float] = {}
-        steps = 0
-        earlier_s = position.elapsed_s if position else 0.0
-        if groups and epochs > 0:
-            logs, steps = self.train_task(ctx, groups, epochs, lr, milestones, position,
-                                          step["optimizer"] if step else None, start - earlier_s)
-        self.method.after_task(ctx)
-        for phase in self.method.post_task_phases(ctx):
-            logs.update({f"{phase.name}/{k}": v for k, v in self.run_phase(phase, ctx).items()})
+            resume = TaskResume(step, self.device)
+        progress: dict[str, Any] = resume.progress if resume else {"logs": {}, "steps": 0, "trainable": 0, "epochs": 0}
+        started = start - progress.pop("elapsed_s", 0.0)
+        stage = resume.stage if resume else Stage("pre")
+        if stage.reached("pre"):
+            self.run_phases("pre", method.pre_training_phases(ctx), ctx, progress, started, resume)
+        if stage.reached("main"):
+            self.train_main(ctx, progress, started, resume.at("main") if resume else None)
+            method.after_task(ctx)
+        self.run_phases("post", method.post_task_phases(ctx), ctx, progress, started, resume)
         self._check_ranks_agree(task)
-        train_s = time.perf_counter() - start + earlier_s
-        start = time.perf_counter()
+        train_s = time.perf_counter() - started
+        eval_start = time.perf_counter()
         correct = self.evaluate(task)
-        eval_s = time.perf_counter() - start
+        eval_s = time.perf_counter() - eval_start
         if self.on_task_end is not None:
             self.on_task_end(task, dict(
-                correct_per_class=correct, train_s=train_s, eval_s=eval_s, epochs=epochs if groups else 0,
-                lr=lr, steps=steps, trainable_params=trainable,
-                total_params=sum(p.numel() for p in self.method.parameters()), train_logs=logs,
+                correct_per_class=correct, train_s=train_s, eval_s=eval_s, epochs=progress["epochs"],
+                lr=task_hparams(self.train_cfg, task.index)[1], steps=progress["steps"],
+                trainable_params=progress["trainable"],
+                total_params=sum(p.numel() for p in method.parameters()), train_logs=progress["logs"],
             ))
         if self.checkpoint.enabled:
-            self.checkpoint.save_boundary(self.method.state_dict(), task.index + 1, self.rng_states())
+            self.checkpoint.save_boundary(method.state_dict(), task.index + 1, self.rng_states())
 
-    def train_task(self, ctx: TaskContext, groups: list[dict], epochs: int, lr: float, milestones: tuple[int, ...],
-                   position: LoopPosition | None = None, optimizer_state: dict | None = None,
-                   started: float | None = None) -> tuple[dict[str, float], int]:
-        cfg = self.train_cfg
-        world = self.dist.world_size
+    def _checkpoint(self, task: Task, stage: Stage, progress: dict[str, Any], started: float) -> _StageCheckpoint | None:
+        return _StageCheckpoint(self, task, stage, progress, started) if self.checkpoint.enabled else None
+
+    def train_main(self, ctx: EngineTaskContext, progress: dict[str, Any], started: float,
+                   resume: TaskResume | None) -> LoopResult:
+        """The task's main training: masked cross-entropy plus the method's own loss."""
+        groups = self.method.parameter_groups()
+        epochs, lr, milestones = task_hparams(self.train_cfg, ctx.index)
+        progress.update(trainable=sum(p.numel() for g in groups for p in g["params"]), epochs=epochs if groups else 0)
+        if not groups or epochs <= 0:
+            return LoopResult({}, 0)
+        cfg, world = self.train_cfg, self.dist.world_size
         if cfg.batch_size % world:
             raise ConfigError(f"train.batch_size ({cfg.batch_size}) is the global batch; it must be divisible by "
                               f"the number of processes ({world}).")
         data = self.stream.train_data(ctx.index, cumulative=self.method.cumulative_data, augment=True)
         seed = (self.cfg.seed * 1000 + ctx.index) * 1000  # epoch e's order: randperm seeded seed + e
-        loader = self.loader(data, cfg.batch_size // world, shuffle=True, seed=seed, drop_last=cfg.drop_last)
-        batches: TaskBatches = loader.batch_sampler
-        optimizer = build_optimizer(groups, cfg, lr)
-        if optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
-        params = [p for g in groups for p in g["params"]]
-        pos = position or LoopPosition()
-        started = time.perf_counter() if started is None else started
+        loader = self.loaders.training(data, cfg.batch_size // world, seed, cfg.drop_last)
         model = self.dist.wrap(self.method)
-        bar = self.progress.bar(f"task {ctx.index + 1}/{ctx.n_tasks} train", epochs * batches.per_epoch)
-        self.progress.advance(bar, pos.steps)
-        shown = pos.steps
-        check_stop_every = 1 if world == 1 else SYNC_EVERY  # agreeing on a stop is a collective
-        self._finite_through, self._saved_at = pos.steps, None
-        try:
-            for epoch in range(pos.epoch, epochs):
-                factor = lr_factor(cfg.schedule, epoch, epochs, milestones, cfg.gamma)
-                for group, spec in zip(optimizer.param_groups, groups):
-                    group["lr"] = lr * spec.get("lr_scale", 1.0) * factor
-                batches.start(epoch, pos.batch if epoch == pos.epoch else 0)
-                loader.generator.manual_seed(seed + epoch + 7919 * self.dist.rank)  # worker seeds
-                pos.epoch, pos.batch = epoch, batches.skip
-                self.stop.in_loop = True
-                for x, y in self._fetch(loader):
-                    x, y = self.to_device(x, y)
-                    terms = self.train_step(model, optimizer, params, x, y, ctx)
-                    pos.steps += 1
-                    pos.batch += 1
-                    for key, value in terms.items():
-                        pos.sums[key] = pos.sums.get(key, 0) + value.detach().float()
-                    if pos.steps % SYNC_EVERY == 0:
-                        shown = self._check_and_show(pos.sums, pos.steps, shown, ctx, epoch, bar)
-                    if self.checkpoint.every and pos.steps % self.checkpoint.every == 0:
-                        self._save_step(ctx, optimizer, pos, started)
-                    if pos.steps % check_stop_every == 0 and self.dist.any(self.stop.requested):
-                        self._save_step(ctx, optimizer, pos, started)
-                        raise KeyboardInterrupt(f"stopped in task {ctx.index + 1} after step {pos.steps}")
-                self.stop.in_loop = False
-                shown = self._check_and_show(pos.sums, pos.steps, shown, ctx, epoch, bar)
-        except TrainingDiverged:
-            if self._saved_at is not None and self._finite_through <= self._saved_at:
-                # no finite loss was seen after that checkpoint: its weights may be on their way
-                # to the divergence, so the resume point falls back to the task's start
-                self.checkpoint.drop_step()
-            raise
-        finally:
-            self.stop.in_loop = False
+        spec = self.main_spec(ctx, model, groups, epochs, lr, milestones,
+                              lambda e, skip: self.loaders.epoch(loader, e, skip), loader.batch_sampler.per_epoch)
+        ctx.stage = "train"
+        result = self.loop.optimise(spec, self.hooks(ctx),
+                                    self._checkpoint(ctx.task, Stage("main"), progress, started),
+                                    resume.position if resume else None, resume.optimizer if resume else None)
         del model  # drops DDP's gradient hooks before after_task and phases
-        self.progress.done(bar)
-        keys = sorted(pos.sums)
-        if world > 1 and keys:  # global means: every rank's steps count
-            total = self.dist.all_reduce(torch.stack([pos.sums[k] for k in keys])) / world
-            pos.sums = dict(zip(keys, total))
-        return {k: float(pos.sums[k]) / max(1, pos.steps) for k in keys}, pos.steps
+        progress["logs"].update(result.logs)
+        progress["steps"] = result.steps
+        return result
 
-    def _save_step(self, ctx: TaskContext, optimizer: torch.optim.Optimizer, pos: LoopPosition, started: float) -> None:
-        """Checkpoint within the task, after checking nothing diverged (never save garbage)."""
-        if not self.checkpoint.enabled:
-            return
-        self._check_and_show(pos.sums, pos.steps, pos.steps, ctx, pos.epoch, None)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        finite = torch.stack([p.detach().isfinite().all() for p in params]).all() if params else torch.tensor(True)
-        if not bool(self.dist.all_reduce(finite.logical_not().float()) == 0):
-            raise TrainingDiverged(
-                f"Parameters became NaN or infinite in task {ctx.index + 1}, epoch {pos.epoch + 1} (step "
-                f"{pos.steps}). Lower train.lr or set train.grad_clip; the record keeps every task finished before this one.")
-        pos.elapsed_s = time.perf_counter() - started
-        self.checkpoint.save_step(ctx.index, self.method.state_dict(), optimizer.state_dict(), pos, self.rng_states())
-        self._saved_at = pos.steps
+    def main_spec(self, ctx: EngineTaskContext, model: torch.nn.Module, groups: list[dict[str, Any]], epochs: int,
+                  lr: float, milestones: tuple[int, ...], epoch_batches: Callable[[int, int], Iterator[Batch]],
+                  per_epoch: int | None = None) -> LoopSpec:
+        """The main training as a loop: ``model`` (the method, DDP-wrapped when distributed)
+        gives logits and its own loss; the engine adds the masked cross-entropy."""
+        mask = self.train_cfg.logit_mask
 
-    def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list,
-                   x: torch.Tensor, y: torch.Tensor, ctx: TaskContext) -> dict[str, torch.Tensor]:
-        """One optimisation step: forward (autocast), masked CE + method loss, backward,
-        clipping, update. Returns the loss terms (on device, not synced)."""
-        with self.autocast():
+        def loss(batch: Batch) -> dict[str, torch.Tensor]:
+            x, y = batch
             out = model(x, y, ctx)
-            ce = masked_cross_entropy(out.logits.float(), y, ctx.lo, ctx.hi, self.train_cfg.logit_mask)
-            loss = ce if out.loss is None else ce + out.loss
-        self._update(loss, optimizer, params, self.train_cfg.grad_clip)
-        return {"loss": loss, "ce": ce, **out.logs}
+            ce = masked_cross_entropy(out.logits.float(), y, ctx.lo, ctx.hi, mask)
+            return {"loss": ce if out.loss is None else ce + out.loss, "ce": ce, **out.logs}
 
-    @staticmethod
-    def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list, clip: float | None,
-                dist: SingleProcess | None = None) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if dist is not None:
-            dist.average_gradients(params)
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
+        return LoopSpec("train", ctx.index, groups, epochs, self.train_cfg, lr, milestones, epoch_batches, loss,
+                        average_gradients=False, description=f"task {ctx.index + 1}/{ctx.n_tasks} train",
+                        divergence_hint=MAIN_HINT, per_epoch=per_epoch)
 
-    def run_phase(self, phase: Any, ctx: TaskContext) -> dict[str, float]:
-        """Run a method-declared extra optimisation (see :class:`clbench.methods.base.Phase`).
+    def hooks(self, ctx: EngineTaskContext) -> StepHooks:
+        """The method's per-step hooks, bound to ``ctx``."""
+        return StepHooks(lambda: self.method.before_optimizer_step(ctx), lambda: self.method.after_optimizer_step(ctx))
 
-        Under DDP each rank runs it on its own batches and the gradients are averaged."""
-        from ..config import apply_values
+    def run_phases(self, kind: str, phases: list[Phase], ctx: EngineTaskContext, progress: dict[str, Any],
+                   started: float, resume: TaskResume | None) -> None:
+        """Run declared phases in order (from the interrupted one when resuming in this stage)."""
+        first = resume.stage.index if resume is not None and resume.stage.kind == kind else 0
+        for index, phase in enumerate(phases):
+            if index < first:
+                continue
+            at = resume.at(kind, index) if resume else None
+            result = self.run_phase(phase, ctx, self._checkpoint(ctx.task, Stage(kind, index, phase.name), progress,
+                                                                 started), at)
+            progress["logs"].update({f"{phase.name}/{k}": v for k, v in result.logs.items()})
 
+    def run_phase(self, phase: Phase, ctx: EngineTaskContext, checkpoint: _StageCheckpoint | None = None,
+                  resume: TaskResume | None = None) -> LoopResult:
+        """Run a method-declared optimisation (see :class:`clbench.methods.base.Phase`); under
+        DDP each rank runs it on its own batches and the gradients are averaged."""
         cfg = apply_values(self.train_cfg, phase.train, f"{phase.name} phase: train")
-        params = [p for g in phase.groups for p in g["params"]]
-        if not params or phase.epochs <= 0:
-            return {}
-        optimizer = build_optimizer(phase.groups, cfg, cfg.lr)
-        total, steps, mean = None, 0, 0.0
-        average = self.dist if self.dist.world_size > 1 else None
-        bar = self.progress.bar(f"task {ctx.index + 1}: {phase.name}", phase.epochs)
-        for epoch in range(phase.epochs):
-            factor = lr_factor(cfg.schedule, epoch, phase.epochs, cfg.milestones, cfg.gamma)
-            for group, spec in zip(optimizer.param_groups, phase.groups):
-                group["lr"] = cfg.lr * spec.get("lr_scale", 1.0) * factor
-            for batch in phase.batches(epoch):
-                with self.autocast():
-                    loss = phase.loss(*batch)
-                self._update(loss, optimizer, params, cfg.grad_clip, average)
-                total = loss.detach().float() + (0 if total is None else total)
-                steps += 1
-            mean = self._global_mean(total, steps) if total is not None else 0.0
-            if not math.isfinite(mean):
-                raise TrainingDiverged(
-                    f"The loss of the '{phase.name}' phase became {mean} in task {ctx.index + 1}. "
-                    f"Lower its learning rate (a method option); finished tasks are kept in the record.")
-            self.progress.advance(bar, 1, info=f"loss {mean:.3f}")
-        self.progress.done(bar)
-        return {"loss": mean} if total is not None else {}
 
-    def _global_mean(self, total: torch.Tensor, steps: int) -> float:
-        """Mean loss per step, averaged over ranks."""
-        if self.dist.world_size > 1:
-            total = self.dist.all_reduce(total.detach().clone().reshape(1)) / self.dist.world_size
-        return float(total) / max(1, steps)
+        def epoch_batches(epoch: int, skip: int) -> Iterator[Batch]:
+            batches = iter(phase.batches(epoch))
+            for _ in range(skip):  # drawn now, from the epoch's RNG state (see Loop._open_epoch)
+                next(batches, None)
+            return batches
 
-    def _check_and_show(self, sums: dict, steps: int, shown: int, ctx: TaskContext, epoch: int, bar: Any) -> int:
-        """Sync the running loss to the host: stop on NaN/inf, update the bar. Returns steps shown."""
-        if not sums:
-            return shown
-        total = self._global_mean(sums["loss"], 1)
-        if not math.isfinite(total):
-            raise TrainingDiverged(
-                f"The training loss became {total} in task {ctx.index + 1}, epoch {epoch + 1} "
-                f"(step {steps}). Lower train.lr or set train.grad_clip (e.g. --set "
-                f"train.grad_clip=1.0); the record keeps every task finished before this one."
-            )
-        self._finite_through = steps
-        self.progress.advance(bar, steps - shown, info=f"epoch {epoch + 1} loss {total / steps:.3f}")
-        return steps
+        spec = LoopSpec(phase.name, ctx.index, phase.groups, phase.epochs, cfg, cfg.lr, cfg.milestones, epoch_batches,
+                        lambda batch: {"loss": phase.loss(*batch)}, average_gradients=True,
+                        description=f"task {ctx.index + 1}: {phase.name}", divergence_hint=PHASE_HINT)
+        ctx.stage = phase.name
+        try:
+            return self.loop.optimise(spec, self.hooks(ctx), checkpoint,
+                                      resume.position if resume else None, resume.optimizer if resume else None)
+        finally:
+            ctx.stage = "train"
 
     @torch.no_grad()
     def evaluate(self, task: Task) -> list[int]:
         """Correct predictions per seen class on the test data of all seen classes
         (each rank predicts its shard; the counts are summed)."""
-        data = self.stream.test_data(task.index)
-        loader = self.loader(data, self.train_cfg.eval_batch_size)
+        loader = self.loaders.evaluation(self.stream.test_data(task.index), self.train_cfg.eval_batch_size)
         correct = torch.zeros(task.hi, dtype=torch.long, device=self.device)
         bar = self.progress.bar(f"task {task.index + 1}: evaluate", len(loader))
         self.method.eval()
         with self.method.eval_context(), torch.inference_mode(), self.autocast():
-            for x, y in loader:
-                x, y = self.to_device(x, y)
+            for x, y in self.loaders.on_device(loader):
                 pred = self.method.predict(x)[:, : task.hi].argmax(dim=1)
                 self.method.eval_labels(y)
                 correct.index_add_(0, y, (pred == y).long())  # no host sync (bincount of a mask has one)
                 self.progress.advance(bar)
         self.progress.done(bar)
         return self.dist.all_reduce(correct).tolist()
-

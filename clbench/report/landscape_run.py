@@ -55,13 +55,13 @@ class EvalPass:
         self.trainer = trainer
         stream = trainer.stream
         self.hi, self.inner_hi = stream.tasks[target].hi, stream.tasks[inner].hi
-        loader = trainer.loader(stream.test_data(target), trainer.cfg.train.eval_batch_size, shuffle=False)
+        loader = trainer.loaders.evaluation(stream.test_data(target), trainer.cfg.train.eval_batch_size)
         self.batches = [(x.to(trainer.device), y.to(trainer.device)) for x, y in loader]  # decoded once
 
     def probe(self) -> torch.Tensor:
         """A few test images, for telling which tensors the forward uses."""
         x, y = self.batches[0]
-        return self.trainer.to_device(x[:4], y[:4])[0]
+        return self.trainer.loaders.to_device(x[:4], y[:4])[0]
 
     @torch.no_grad()
     def __call__(self) -> dict[str, np.ndarray]:
@@ -71,7 +71,7 @@ class EvalPass:
         method.eval()
         with self.trainer.autocast():
             for x, y in self.batches:
-                x, y = self.trainer.to_device(x, y)
+                x, y = self.trainer.loaders.to_device(x, y)
                 logits = method.predict(x)[:, : self.hi].float()
                 for suffix, lg, yy in (("", logits, y), ("_inner", logits[y < self.inner_hi, : self.inner_hi], y[y < self.inner_hi])):
                     hits = (lg.argmax(dim=1) == yy).double()
