@@ -5,7 +5,7 @@ import torch
 from clbench.experiment import execute, plan
 
 from conftest import TINY
-from prompt_fixtures import FakeTask, build, run_tasks, task_data
+from prompt_fixtures import build, run_tasks, task_ctx
 
 
 def test_sample_b_gets_exactly_its_own_entry_as_key_and_value_prefixes():
@@ -31,7 +31,7 @@ def _diverse(method, x):
 def test_predictions_do_not_depend_on_the_batch_a_sample_sits_in():
     for bug in (False, True):
         method, info = build("dualprompt", pool_size=4, prefix_reshape_bug=bug)
-        run_tasks(method, info, 2, train_steps=1)
+        run_tasks(method, 2, steps=1)
         x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
         _diverse(method, x)
         with torch.no_grad():
@@ -47,8 +47,8 @@ def test_predictions_do_not_depend_on_the_batch_a_sample_sits_in():
 
 def test_training_uses_the_task_entry_and_pulls_only_its_key():
     method, info = build("dualprompt", pool_size=4)
-    run_tasks(method, info, 1)
-    task = task_data(FakeTask(1, info))
+    run_tasks(method, 1)
+    task = task_ctx(info, 1)
     method.train()
     method.before_task(task)
     assert torch.equal(method.e_prompt[:, 1], method.e_prompt[:, 0])  # shared pool: starts as task 0's
@@ -62,7 +62,7 @@ def test_training_uses_the_task_entry_and_pulls_only_its_key():
 
 def test_more_tasks_than_entries_fall_back_to_key_matching():
     method, info = build("dualprompt", n_tasks=3, pool_size=2)
-    run_tasks(method, info, 3, train_steps=1)  # task 3 has no entry of its own: trains the matched one
+    run_tasks(method, 3, steps=1)  # task 3 has no entry of its own: trains the matched one
     assert method._slot is None
 
 

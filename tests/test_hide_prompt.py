@@ -7,7 +7,9 @@ from clbench.experiment import execute, plan
 from clbench.methods.hide_prompt import centroid_statistics
 
 from conftest import TINY
-from prompt_fixtures import FakeTask, build, run_tasks, task_data
+from clbench.testing import task_tensors, tensor_stream
+
+from prompt_fixtures import build, run_tasks, task_ctx
 
 
 def test_centroid_statistics_recover_separated_clusters():
@@ -30,10 +32,10 @@ def test_centroid_statistics_recover_separated_clusters():
 
 def test_prompt_momentum_mixes_in_earlier_prompts_and_is_written_back():
     method, info = build("hide-prompt", prompt_momentum=0.25)
-    run_tasks(method, info, 2)
+    run_tasks(method, 2)
     p = method.prompts.detach()
     torch.testing.assert_close(method.training_prompt(0), p[:, 0])
-    task = task_data(FakeTask(2, info))
+    task = task_ctx(info, 2)
     method.before_task(task)
     assert torch.equal(method.prompts[:, 2], method.prompts[:, 1])  # shared pool copy
     mixed = method.training_prompt(2).detach().clone()
@@ -44,8 +46,8 @@ def test_prompt_momentum_mixes_in_earlier_prompts_and_is_written_back():
 
 def test_contrastive_term_is_the_identity_ce_over_prototypes_and_features():
     method, info = build("hide-prompt", temperature=0.8)
-    run_tasks(method, info, 1)
-    method.before_task(task_data(FakeTask(1, info)))
+    run_tasks(method, 1)
+    method.before_task(task_ctx(info, 1))
     protos = method._prototypes
     assert protos.shape[1] == 32 and 0 < len(protos) <= 2 * 2  # task 0's stored centroids
     feats = torch.randn(5, 32, requires_grad=True)
@@ -59,14 +61,15 @@ def test_contrastive_term_is_the_identity_ce_over_prototypes_and_features():
 
 def test_after_task_stores_statistics_and_declares_both_alignments():
     method, info = build("hide-prompt", n_centroids=2, tii_align_batch=3, tap_batch=4)
-    task = run_tasks(method, info, 2, train_steps=1)
+    run_tasks(method, 2, steps=1)
+    task = task_ctx(info, 1)
     for space in ("raw", "prompted"):
         assert getattr(method, f"{space}_mean").shape == (4, 2, 32)
         assert getattr(method, f"{space}_count").sum(1).tolist() == [6.0] * 4
     raw_class0 = (method.raw_mean[0] * method.raw_count[0, :, None]).sum(0) / 6  # frozen features
-    data = task_data(FakeTask(0, info))
-    torch.testing.assert_close(raw_class0, method.query(data.x[data.y == 0]).mean(0), atol=1e-5, rtol=1e-5)
-    assert method.post_task_phases(FakeTask(0, info)) == []
+    x, y = task_tensors(tensor_stream(info), 0)  # the data the trainer ran on
+    torch.testing.assert_close(raw_class0, method.query(x[y == 0]).mean(0), atol=1e-5, rtol=1e-5)
+    assert method.post_task_phases(task_ctx(info, 0)) == []
     tii, tap = method.post_task_phases(task)
     assert (tii.name, tap.name) == ("tii-align", "tap") and tii.train["optimizer"] == "sgd"
     assert tap.groups[0]["params"] == list(method.head.parameters())
@@ -79,7 +82,7 @@ def test_after_task_stores_statistics_and_declares_both_alignments():
 
 def test_tii_prediction_picks_each_samples_prompt():
     method, info = build("hide-prompt")
-    run_tasks(method, info, 3)
+    run_tasks(method, 3)
     x = torch.rand(6, 3, 16, 16)
     with torch.no_grad():
         method.tii_head.weight[:] = 10 * method.tii_mlp(method.query(x))  # sample i -> class i

@@ -9,20 +9,21 @@ from clbench.engine.state import restore_state
 from clbench.methods.inflora import SubspaceMemory, memory_threshold
 import clbench.benchmarks  # noqa: F401  (registers the presets this file checks)
 from clbench.presets import PRESETS
+from clbench.testing import InMemoryTask
 
 from conftest import tiny_vit
-from test_sdlora import FakeTask, make, vit_b16
+from test_sdlora import make, vit_b16
 
 X = torch.rand(3, 3, 16, 16)
 
 
 def data(seed, n=4, size=16, batches=2):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(n, 3, size, size, generator=g), torch.zeros(n, dtype=torch.long)) for _ in range(batches)]
+    return torch.rand(n * batches, 3, size, size, generator=g), torch.zeros(n * batches, dtype=torch.long)
 
 
 def task(t, n_tasks=4, per_task=2, size=16):
-    return FakeTask(t, t * per_task, (t + 1) * per_task, n_tasks, data(t, size=size))
+    return InMemoryTask(t, t * per_task, (t + 1) * per_task, n_tasks, *data(t, size=size), batch_size=4)
 
 
 def train_randomly(m, seed):
@@ -155,7 +156,7 @@ def test_parameter_counts_match_the_official_logs_for_vit_b16(name, lora_params)
     # the design's values are not what this test is about (and 12 SVDs of 768x768 are slow on a CPU)
     m.covariances = lambda *args: None
     m.design_down = lambda covs: torch.eye(768)[:10].expand(len(m.adapter.block_ids), 10, 768)
-    m.before_task(FakeTask(0, 0, 10, 10))
+    m.before_task(InMemoryTask(0, 0, 10, 10))
     trainable = sum(p.numel() for g in m.parameter_groups() for p in g["params"])
     assert trainable == lora_params + 7_690
     assert m.adapter.A.numel() == lora_params and not m.adapter.A.requires_grad

@@ -2,12 +2,12 @@
 
 import torch
 
-from prompt_fixtures import FakeTask, build, task_data
+from prompt_fixtures import build, task_ctx
 
 
 def _started(**options):
     method, info = build("l2p", **options)
-    task = task_data(FakeTask(0, info))
+    task = task_ctx(info, 0)
     method.train()
     method.before_task(task)
     return method, task
@@ -44,12 +44,12 @@ def test_head_reads_the_mean_of_the_prompt_outputs():
 def test_prompt_mask_trains_the_task_slots_and_shared_pool_copies_them():
     method, info = build("l2p", pool_size=6, top_k=2, prompt_mask=True, shared_pool=True)
     for t in range(3):
-        task = task_data(FakeTask(t, info))
+        task = task_ctx(info, t)
         before = method.prompts.detach().clone()
         method.before_task(task)
         if t > 0:  # the task's slots start as a copy of the previous task's
             assert torch.equal(method.prompts[2 * t:2 * t + 2], before[2 * t - 2:2 * t])
         assert method._select(method.query(task.x), train=True)[1].tolist() == [[2 * t, 2 * t + 1]] * len(task.x)
     beyond, info4 = build("l2p", n_tasks=4, pool_size=6, top_k=2, prompt_mask=True)
-    beyond.before_task(task_data(FakeTask(3, info4)))  # slots 6-7 do not exist: key matching, as officially
+    beyond.before_task(task_ctx(info4, 3))  # slots 6-7 do not exist: key matching, as officially
     assert beyond._forced is None

@@ -11,7 +11,7 @@ from clbench.prompting import batch_vote, frozen_query, kv_prefixes, select_top_
 from clbench.registry import METHODS
 
 from conftest import tiny_vit
-from prompt_fixtures import build, run_tasks
+from prompt_fixtures import build, run_tasks, task_ctx
 
 PROMPT_METHODS = ["l2p", "dualprompt", "coda-prompt", "hide-prompt"]
 
@@ -103,7 +103,7 @@ def test_disabled_prompts_equal_the_plain_vit(name):
         with method.backbone.prompted(prefixes=method.prefixes(method.query(x))):
             got = method.backbone(x)
     else:
-        run_tasks(method, info, 1)
+        run_tasks(method, 1)
         got = {"l2p": lambda: method.features(x, torch.zeros(4, 2, dtype=torch.long)),
                "dualprompt": lambda: method.features(x, torch.zeros(4, dtype=torch.long)),
                "hide-prompt": lambda: method.features(x, method.prompts, torch.zeros(4, dtype=torch.long))}[name]()
@@ -113,7 +113,7 @@ def test_disabled_prompts_equal_the_plain_vit(name):
 @pytest.mark.parametrize("name", PROMPT_METHODS)
 def test_evaluation_does_not_depend_on_the_batch_size(name):
     method, info = build(name, seed=1)
-    run_tasks(method, info, 3, train_steps=2)
+    run_tasks(method, 3, steps=2)
     x = torch.rand(11, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     if name in ("l2p", "dualprompt"):  # keys at some samples' queries: selections differ per sample
         with torch.no_grad():
@@ -134,7 +134,8 @@ def test_evaluation_does_not_depend_on_the_batch_size(name):
 def test_one_query_pass_and_one_prompted_pass_per_step_and_prediction(name):
     """The query pass is the only extra backbone pass (no second copy, no repeated passes)."""
     method, info = build(name)
-    task = run_tasks(method, info, 2)
+    run_tasks(method, 2)
+    task = task_ctx(info, 1)
     passes = []
 
     def record(*_):
@@ -188,7 +189,7 @@ def test_frozen_parts_never_change_in_training():
     for name in PROMPT_METHODS:
         method, info = build(name)
         before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
-        run_tasks(method, info, 2, train_steps=1)
+        run_tasks(method, 2, steps=1)
         assert all(torch.equal(v, before[k]) for k, v in method.backbone.state_dict().items())
         assert not any(p.requires_grad for p in method.backbone.parameters())
 

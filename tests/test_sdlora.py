@@ -1,6 +1,5 @@
 """SD-LoRA, -RR, -KD: layer math per mode, task boundaries, gradients, sizes, distillation, presets."""
 
-import contextlib
 import copy
 
 import pytest
@@ -13,29 +12,13 @@ from clbench.config import apply_values
 from clbench.methods.base import StreamInfo
 import clbench.benchmarks  # noqa: F401  (registers the presets this file checks)
 from clbench.presets import PRESETS
+from clbench.testing import InMemoryTask
 from clbench.registry import METHODS
 from clbench.weights import WeightsInfo
 
 from conftest import tiny_vit
 
 X = torch.rand(3, 3, 16, 16)
-
-
-class FakeTask:
-    """The parts of a TaskContext the LoRA methods use, without an engine."""
-
-    def __init__(self, index, lo, hi, n_tasks, data=()):
-        self.index, self.lo, self.hi, self.n_tasks, self.data = index, lo, hi, n_tasks, list(data)
-        self.device = torch.device("cpu")
-
-    def batches(self, augment=False, cumulative=False, description=""):
-        return iter(self.data)
-
-    def all_reduce(self, tensor):
-        return tensor
-
-    def autocast(self):
-        return contextlib.nullcontext()
 
 
 def make(name, bb, n_tasks=4, per_task=2, **options):
@@ -46,7 +29,7 @@ def make(name, bb, n_tasks=4, per_task=2, **options):
 
 
 def task(t, n_tasks=4, per_task=2):
-    return FakeTask(t, t * per_task, (t + 1) * per_task, n_tasks)
+    return InMemoryTask(t, t * per_task, (t + 1) * per_task, n_tasks)
 
 
 def dense_reference(plain, components, targets="qv"):
