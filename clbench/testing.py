@@ -111,27 +111,30 @@ def run_config(method: Any, train: Mapping[str, Any] | None = None, seed: int = 
 
 def run_method(method: Any, tasks: int | Sequence[int] | None = None, steps: int = 1,
                train: Mapping[str, Any] | None = None, per_class: int = 6, seed: int = 0,
-               test_per_class: int | None = None) -> list[dict[str, Any]]:
+               test_per_class: int | None = None, engine: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run ``method`` through the real trainer on :func:`tensor_stream` data.
 
     ``tasks``: how many tasks from the first (an int) or which task indices, in order (e.g.
     ``range(2, 3)`` continues a method that ran tasks 0-1). Each task trains ``steps`` steps
     (one epoch per step, the whole task's data per batch), runs the method's phases and is
-    evaluated; ``train`` overrides ``train.*`` values. Returns, per task, what the engine
+    evaluated; ``train`` and ``engine`` override ``train.*`` and ``engine.*`` values. Returns, per task, what the engine
     hands to the run record (``correct_per_class``, ``train_logs``, ``steps``, ...).
     """
-    from .engine.trainer import Trainer  # the engine imports torch-heavy modules; only when run
+    from .engine.runtime import compile_backbone
+    from .engine.trainer import Trainer
 
     info = method.info
     indices = range(tasks if isinstance(tasks, int) else info.n_tasks) if tasks is None or isinstance(tasks, int) \
         else tasks
     stream = tensor_stream(info, per_class, image_size(method), seed, test_per_class)
     biggest = max(t.hi - t.lo for t in stream.tasks) * per_class
-    cfg = run_config(method, {"batch_size": biggest, "eval_batch_size": 256, "epochs": steps, **(train or {})}, seed)
+    cfg = run_config(method, {"batch_size": biggest, "eval_batch_size": 256, "epochs": steps, **(train or {})}, seed, engine)
     results: list[dict[str, Any]] = []
     trainer = Trainer(method, stream, cfg, on_task_end=lambda task, result: results.append({"task": task.index,
                                                                                             **result}))
     method.to(trainer.device)
+    if cfg.engine.compile:
+        compile_backbone(method.backbone)
     with trainer.stop:
         for index in indices:
             trainer.run_task(stream.tasks[index])

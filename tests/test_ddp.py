@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clbench.engine.dist import SingleProcess
-from clbench.engine.trainer import TaskBatches
+from clbench.engine.loaders import TaskBatches
 from clbench.experiment import DataCache, execute, plan
 
 from conftest import TINY

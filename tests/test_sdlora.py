@@ -1,6 +1,7 @@
 """SD-LoRA, -RR, -KD: layer math per mode, task boundaries, gradients, sizes, distillation, presets."""
 
 import copy
+import math
 
 import pytest
 import timm
@@ -328,3 +329,26 @@ def test_paper_presets_carry_the_sdlora_tables_and_the_official_settings():
 def test_every_lora_method_has_a_default_preset_on_shapes():
     for method in ("sdlora", "sdlora-rr", "sdlora-kd", "inflora", "inflora-b5"):
         assert any(p.name == "default" and p.method == method and p.benchmark == "shapes" for p in PRESETS)
+
+
+def test_kd_absorbs_at_exactly_the_residual_threshold_and_not_above_it():
+    """The rule is residual ≤ τ: a component whose residual equals τ is absorbed; with τ one
+    float below its residual it is kept."""
+    decisions = {}
+    for below in (False, True):
+        m = make("sdlora-kd", tiny_vit(), rank=2, mode="paper")
+        m.before_task(task(0))
+        A = orthogonal_old_components(m)
+        ad = m.adapter
+        cols = [m.column_component == k for k in range(2)]
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # nearly a combination of the old directions: a small, non-zero residual
+            ad.A.copy_(A)
+            ad.B.copy_(0.6 * ad.frozen_B[..., cols[0]] + 0.005 * torch.randn(ad.B.shape, generator=g))
+        residual = float(m._solve(*(t.sum((0, 1)) for t in m._fit()))[1])
+        assert 1e-3 < residual < 0.5
+        m.cfg.tau = math.nextafter(residual, 0.0) if below else residual
+        m.after_task(task(2))
+        decisions[below] = m.task_log()["kd"]
+    assert decisions[False]["absorbed"] and decisions[False]["residual"] == decisions[False]["tau"]
+    assert not decisions[True]["absorbed"] and decisions[True]["residual"] > decisions[True]["tau"]
