@@ -34,7 +34,7 @@ from .engine.loaders import Loaders
 from .engine.optim import build_optimizer, task_hparams
 from .engine.trainer import Trainer
 from .engine.dist import SingleProcess
-from .engine.runtime import resolve_device
+from .engine.runtime import compile_backbone, resolve_device
 from .experiment import DataCache, Override, build, plan
 
 _CACHE = DataCache()  # the benchmark data, shared by every prepared method of a process
@@ -90,6 +90,8 @@ def prepared(method: str, benchmark: str, task: int, overrides: Sequence[Overrid
     _, stream, m = build(run.config, _CACHE)
     trainer = Trainer(m, stream, run.config)
     m.to(trainer.device)
+    if run.config.engine.compile:
+        compile_backbone(m.backbone)
     for t in stream.tasks[:task]:
         ctx = trainer.context(t)
         m.before_task(ctx)
