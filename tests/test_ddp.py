@@ -28,9 +28,9 @@ from clbench.registry import register_method
 class Unreduced(SimpleCIL):
     """SimpleCIL that forgets to sum its class statistics over ranks."""
 
-    def after_task(self, task):
-        task.all_reduce = lambda t: t
-        super().after_task(task)
+    def after_task(self, ctx):
+        ctx.all_reduce = lambda t: t
+        super().after_task(ctx)
 
 
 from clbench.cli import main

@@ -307,3 +307,22 @@ def test_compiled_backbone_gives_the_eager_results_within_float_tolerance():
     assert results[True]["correct_per_class"] == results[False]["correct_per_class"]
     for key, value in results[False]["train_logs"].items():
         assert results[True]["train_logs"][key] == pytest.approx(value, rel=1e-4, abs=1e-6)
+
+
+def test_weights_broken_by_the_last_update_stop_the_task_before_evaluation_and_the_boundary(tmp_path):
+    """The loss of the last step was finite, its update was not: no boundary checkpoint (the
+    resume point) may hold those weights."""
+    class Poisoned(Probe):
+        def after_optimizer_step(self, ctx):
+            super().after_optimizer_step(ctx)
+            if ctx.index == 1 and sum(s["task"] == 1 for s in self.steps) == 4:
+                with torch.no_grad():
+                    self.w1[0, 0] = float("inf")
+
+    method = Poisoned()
+    trainer = _trainer(method, tmp_path, 0)
+    trainer.checkpoint = Checkpointer(tmp_path, 0)
+    with pytest.raises(TrainingDiverged, match="made the parameters NaN or infinite in task 2"):
+        trainer.fit()
+    point = Checkpointer(tmp_path, 0).load()
+    assert point.tasks_done == 1 and torch.isfinite(point.model["w1"]).all()

@@ -210,6 +210,9 @@ class Loop:
                         raise KeyboardInterrupt(f"stopped in task {spec.task_index + 1} ({spec.name}) after step {pos.steps}")
                 self.stop.in_loop = False
                 shown = self._check(spec, guard, pos, shown, bar)
+            # the last update may have broken the weights although its loss was finite: never
+            # hand non-finite weights to evaluation or to the task-boundary checkpoint
+            guard.check_weights(self._all_finite(params), pos)
         except TrainingDiverged:
             if guard.checkpoint_suspect and self.checkpoint is not None:
                 # no finite loss was seen after that checkpoint: its weights may be on their way
@@ -260,6 +263,11 @@ class Loop:
         per_epoch = spec.per_epoch if spec.per_epoch is not None else operator.length_hint(batches)
         return self.progress.bar(spec.description, spec.epochs * per_epoch if per_epoch else None)
 
+    def _all_finite(self, params: list[torch.nn.Parameter]) -> bool:
+        """Whether every parameter is finite on every rank (one host sync)."""
+        finite = torch.stack([p.detach().isfinite().all() for p in params]).all()
+        return bool(self.dist.all_reduce(finite.logical_not().float()) == 0)
+
     def _global_mean(self, total: Tensor, steps: int) -> float:
         """Mean per step, averaged over ranks (one host sync)."""
         if self.dist.world_size > 1:
@@ -281,8 +289,6 @@ class Loop:
         if self.checkpoint is None:
             return
         self._check(spec, guard, pos, pos.steps, None)
-        params = spec.params
-        finite = torch.stack([p.detach().isfinite().all() for p in params]).all()
-        guard.check_weights(bool(self.dist.all_reduce(finite.logical_not().float()) == 0), pos)
+        guard.check_weights(self._all_finite(spec.params), pos)
         self.checkpoint.save(spec, optimizer, pos)
         guard.saved_at = pos.steps
