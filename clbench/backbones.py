@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .config import BackboneConfig
-from .errors import RegistryError, WeightsError, closest
+from .errors import ConfigError, RegistryError, WeightsError, closest
 from .registry import BACKBONES, register_backbone
 from .weights import (WeightsInfo, check_sha256, find_in_hf_cache, hf_offline, hf_repo_id, load_weights_file,
                       missing_weights_message, pretrained_identity, state_sha256)
@@ -109,8 +109,18 @@ class Backbone(nn.Module):
         return len(self.vit.blocks)
 
     def qkv(self, block: int) -> nn.Linear:
-        """The fused q/k/v projection of ``block`` (rows: q, then k, then v)."""
-        return self.vit.blocks[block].attn.qkv
+        """The fused q/k/v projection of ``block`` (rows: q, then k, then v); a ConfigError if
+        the block's attention has none (timm attention built with ``qkv_fused=False``)."""
+        qkv = getattr(getattr(self.vit.blocks[block], "attn", None), "qkv", None)
+        if not isinstance(qkv, nn.Linear):
+            found = "missing" if qkv is None else f"a {type(qkv).__name__}"
+            raise ConfigError(
+                f"Backbone '{self.tag}' has no fused q/k/v projection in block {block} (vit.blocks.{block}.attn.qkv "
+                f"is {found}; timm builds separate q/k/v projections with qkv_fused=False, e.g. in "
+                f"EVA-style attention). The LoRA and prefix adapters act on timm's fused qkv: use a ViT with fused "
+                f"attention (e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k), or a method that does not adapt "
+                f"attention (e.g. simplecil, finetune).")
+        return qkv
 
     # ------------------------------------------------------------------ prompting
     @contextlib.contextmanager
