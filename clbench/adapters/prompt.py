@@ -22,7 +22,7 @@ deep prompts) subclasses :class:`PromptInjection` the same way.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +128,7 @@ class KVPrefixes(PromptInjection):
             return None
         return feed, feed.prefixes[block]
 
-    def _pad(self, block: int):
+    def _pad(self, block: int) -> Callable:
         def pad(module, args, kwargs):
             found = self._prefix(block)
             if found is None:
@@ -140,7 +140,7 @@ class KVPrefixes(PromptInjection):
 
         return pad
 
-    def _trim(self, block: int):
+    def _trim(self, block: int) -> Callable:
         def trim(module, args):
             found = self._prefix(block)
             if found is None:
@@ -149,7 +149,7 @@ class KVPrefixes(PromptInjection):
 
         return trim
 
-    def _append(self, block: int):
+    def _append(self, block: int) -> Callable:
         def append(module, args, out):
             found = self._prefix(block)
             if found is None:
