@@ -1,4 +1,4 @@
-"""Backbones: an untouched timm Vision Transformer plus the hooks CL methods need.
+"""Backbones: an untouched timm Vision Transformer with input scaling and pooling.
 
 :func:`create_backbone` builds any timm model by its full ``arch.tag`` name (or a name
 registered with :func:`~clbench.registry.register_backbone`) and resolves its weights
@@ -7,18 +7,14 @@ registered with :func:`~clbench.registry.register_backbone`) and resolves its we
 * :meth:`Backbone.forward_tokens` / :meth:`Backbone.forward`: all tokens after the final
   norm, and the pooled feature (timm's own pooling, e.g. the [CLS] token);
 * :meth:`Backbone.qkv`: the fused ``qkv`` projection of a block, whose q/k/v row ranges
-  :class:`clbench.adapters.QKVLowRank` adapts;
-* :meth:`Backbone.prompted`: extra tokens at the input (prompt tuning) and per-sample
-  key/value prefixes inside chosen blocks (prefix tuning), with timm's fused
-  scaled-dot-product attention left in place. Both work through forward hooks: a prefixed
-  block's attention input is padded with placeholder rows, the ``qkv`` output of those rows is
-  replaced by the prefix keys/values, and the rows are dropped again before ``proj``.
+  :class:`clbench.adapters.QKVLowRank` adapts.
+
+Adapters (low-rank branches, prompt tokens, key/value prefixes) attach to it by hooks; they
+live in :mod:`clbench.adapters`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +24,7 @@ import torch
 from torch import nn
 
 from .config import BackboneConfig
-from .errors import RegistryError, WeightsError, closest
+from .errors import ConfigError, RegistryError, WeightsError, closest
 from .registry import BACKBONES, register_backbone
 from .weights import (WeightsInfo, check_sha256, find_in_hf_cache, hf_offline, hf_repo_id, load_weights_file,
                       missing_weights_message, pretrained_identity, state_sha256)
@@ -56,17 +52,8 @@ register_backbone(EMBEDDED_BACKBONE, "ViT 6x96, patch 4, 32 px; pretrained on di
 )
 
 
-class _PromptState:
-    """Per-call prompt tokens and prefixes, read by the backbone's hooks."""
-
-    def __init__(self, tokens: torch.Tensor | None, prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]]):
-        self.tokens = tokens
-        self.prefixes = prefixes
-        self.n_real: dict[int, int] = {}
-
-
 class Backbone(nn.Module):
-    """A timm ViT (``self.vit``, unmodified) with input scaling, pooling and prompt hooks."""
+    """A timm ViT (``self.vit``, unmodified) with input scaling and pooling."""
 
     def __init__(self, vit: nn.Module, tag: str, weights: WeightsInfo, input_norm: str = "none"):
         super().__init__()
@@ -80,9 +67,6 @@ class Backbone(nn.Module):
             cfg = vit.pretrained_cfg
             self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, -1, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(cfg["std"]).view(1, -1, 1, 1), persistent=False)
-        self._state: _PromptState | None = None
-        self._token_hook: Any = None
-        self._prefix_blocks: set[int] = set()
 
     # ------------------------------------------------------------------ forward
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,81 +93,18 @@ class Backbone(nn.Module):
         return len(self.vit.blocks)
 
     def qkv(self, block: int) -> nn.Linear:
-        """The fused q/k/v projection of ``block`` (rows: q, then k, then v)."""
-        return self.vit.blocks[block].attn.qkv
-
-    # ------------------------------------------------------------------ prompting
-    @contextlib.contextmanager
-    def prompted(
-        self,
-        tokens: torch.Tensor | None = None,
-        prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> Iterator[None]:
-        """Run forwards with extra input tokens and/or key/value prefixes.
-
-        ``tokens``: (B or 1, L, D), inserted after the [CLS]/prefix tokens, before the patches
-        (they get no position embedding). ``prefixes``: ``{block: (keys, values)}``, each of
-        shape (B or 1, Lp, attn_dim) in timm's head-major layout (head h owns columns
-        ``h*head_dim:(h+1)*head_dim``); queries attend to the prefix tokens in addition to the
-        sequence, whose length is unchanged.
-        """
-        prefixes = prefixes or {}
-        if tokens is not None and self._token_hook is None:
-            self._token_hook = self.vit.norm_pre.register_forward_hook(self._insert_tokens)
-        for block in prefixes:
-            self._install_prefix_hooks(block)
-        previous, self._state = self._state, _PromptState(tokens, prefixes)
-        try:
-            yield
-        finally:
-            self._state = previous
-
-    def _insert_tokens(self, module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
-        state = self._state
-        if state is None or state.tokens is None:
-            return None
-        n = self.num_prefix_tokens
-        tokens = state.tokens.to(out.dtype).expand(out.shape[0], -1, -1)
-        return torch.cat([out[:, :n], tokens, out[:, n:]], dim=1)
-
-    def _install_prefix_hooks(self, block: int) -> None:
-        if block in self._prefix_blocks:
-            return
-        self._prefix_blocks.add(block)
-        attn = self.vit.blocks[block].attn
-        attn.register_forward_pre_hook(self._hook(block, "pad"), with_kwargs=True)
-        attn.qkv.register_forward_pre_hook(self._hook(block, "trim"))
-        attn.qkv.register_forward_hook(self._hook(block, "append"))
-        attn.proj.register_forward_pre_hook(self._hook(block, "trim"))
-
-    def _hook(self, block: int, step: str) -> Callable:
-        def pad(module, args, kwargs):
-            state = self._state
-            if state is None or block not in state.prefixes:
-                return None
-            x = args[0]
-            state.n_real[block] = x.shape[1]
-            n_prefix = state.prefixes[block][0].shape[1]
-            return (torch.cat([x, x.new_zeros(x.shape[0], n_prefix, x.shape[2])], dim=1), *args[1:]), kwargs
-
-        def trim(module, args):
-            state = self._state
-            if state is None or block not in state.prefixes:
-                return None
-            return (args[0][:, : state.n_real[block]], *args[1:])
-
-        def append(module, args, out):
-            state = self._state
-            if state is None or block not in state.prefixes:
-                return None
-            keys, values = state.prefixes[block]
-            b = out.shape[0]
-            keys = keys.to(out.dtype).expand(b, -1, -1)
-            values = values.to(out.dtype).expand(b, -1, -1)
-            rows = torch.cat([torch.zeros_like(keys), keys, values], dim=-1)
-            return torch.cat([out, rows], dim=1)
-
-        return {"pad": pad, "trim": trim, "append": append}[step]
+        """The fused q/k/v projection of ``block`` (rows: q, then k, then v); a ConfigError if
+        the block's attention has none (timm attention built with ``qkv_fused=False``)."""
+        qkv = getattr(getattr(self.vit.blocks[block], "attn", None), "qkv", None)
+        if not isinstance(qkv, nn.Linear):
+            found = "missing" if qkv is None else f"a {type(qkv).__name__}"
+            raise ConfigError(
+                f"Backbone '{self.tag}' has no fused q/k/v projection in block {block} (vit.blocks.{block}.attn.qkv "
+                f"is {found}; timm builds separate q/k/v projections with qkv_fused=False, e.g. in "
+                f"EVA-style attention). The LoRA and prefix adapters act on timm's fused qkv: use a ViT with fused "
+                f"attention (e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k), or a method that does not adapt "
+                f"attention (e.g. simplecil, finetune).")
+        return qkv
 
 
 # ---------------------------------------------------------------------------- factory

@@ -43,6 +43,10 @@ class TrainingDiverged(ClbenchError):
     exit_code = 3
 
 
+class NonFiniteMerge(TrainingDiverged):
+    """Merging an adapter into backbone weights would make them NaN or infinite (they are left unchanged)."""
+
+
 def closest(name: str, choices: Iterable[str]) -> str:
     """Return a ' Did you mean ...?' hint for ``name`` among ``choices`` (or '')."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

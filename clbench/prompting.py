@@ -4,8 +4,9 @@ Everything runs on the one untouched timm ViT of :class:`~clbench.backbones.Back
 
 * :func:`frozen_query`: the query pass. The same frozen backbone, run without prompts under
   ``torch.no_grad()`` (in eval mode if it has stochastic layers); there is no second copy of
-  the ViT. Prompted passes go through :meth:`Backbone.prompted` (input tokens or key/value
-  prefixes via hooks; timm's fused scaled-dot-product attention stays in place).
+  the ViT. Prompted passes feed a :class:`~clbench.adapters.PromptTokens` or
+  :class:`~clbench.adapters.KVPrefixes` injection (hooks; timm's fused scaled-dot-product
+  attention stays in place).
 * :func:`cosine_matrix`, :func:`select_top_k`, :func:`batch_vote`: key matching. Selection is
   per sample; the batch majority vote of the public code is a flagged compatibility option.
 * :func:`kv_prefixes`: per-sample key/value prefixes from a pool of (key, value) prompt pairs,
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from clbench.adapters import prompts_suspended
 from clbench.backbones import Backbone
 
 
@@ -43,14 +45,14 @@ def _has_stochastic_layers(backbone: Backbone) -> bool:
 def frozen_query(backbone: Backbone, x: Tensor) -> Tensor:
     """The query q(x): pooled [CLS] of the frozen, un-prompted backbone, (B, D) float32, no grad.
 
-    Any prompt context active around the call is suspended. The backbone is switched to eval
+    Every prompt injection fed around the call is suspended. The backbone is switched to eval
     mode only when it has dropout/drop-path (otherwise both modes compute the same thing).
     """
     toggle = backbone.training and _has_stochastic_layers(backbone)
     if toggle:
         backbone.eval()
     try:
-        with torch.no_grad(), backbone.prompted():
+        with torch.no_grad(), prompts_suspended(backbone):
             return backbone(x).float()
     finally:
         if toggle:

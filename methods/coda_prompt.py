@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from clbench.adapters import KVPrefixes
 from clbench.config import MethodConfig
 from clbench.errors import ConfigError
 from clbench.registry import register_method
@@ -77,6 +78,7 @@ class CodaPrompt(PromptMethod):
         self.old_p, self.old_k, self.old_a = frozen(cfg.prompt_length, d), frozen(d), frozen(d)
         for name in ("p", "k", "a"):  # the current task's block (None between tasks)
             self.register_parameter(name, None)
+        self.prefix_hooks = KVPrefixes(backbone, blocks=cfg.layers)
 
     # ---------------------------------------------------------------- task structure
     def before_task(self, ctx) -> None:
@@ -124,7 +126,7 @@ class CodaPrompt(PromptMethod):
         return {b: (prompt[i, :, :half], prompt[i, :, half:]) for i, b in enumerate(self.cfg.layers)}
 
     def features(self, x: Tensor) -> Tensor:
-        with self.backbone.prompted(prefixes=self.prefixes(self.query(x))):
+        with self.prefix_hooks.using(self.prefixes(self.query(x))):
             return self.backbone(x)
 
     def ortho_penalty(self) -> Tensor:

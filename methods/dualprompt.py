@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from clbench.adapters import KVPrefixes
 from clbench.config import MethodConfig
 from clbench.errors import ConfigError
 from clbench.prompting import SelectionLog, cosine_matrix, kv_prefixes, merge_prefixes, select_top_k, uniform_
@@ -57,6 +58,7 @@ class DualPrompt(PromptMethod):
         self.e_prompt = uniform_((len(cfg.e_layers), cfg.pool_size, 2, cfg.e_length, d))
         self.keys = uniform_((cfg.pool_size, d))
         self.selection = SelectionLog(cfg.pool_size, info.n_tasks)
+        self.prefix_hooks = KVPrefixes(backbone, blocks=(*cfg.g_layers, *cfg.e_layers))
         self.flag_noncomparable("dualprompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
         self._slot: int | None = None  # the training task's E-prompt entry
 
@@ -78,7 +80,7 @@ class DualPrompt(PromptMethod):
         return merge_prefixes(g, e)
 
     def features(self, x: Tensor, idx: Tensor | int) -> Tensor:
-        with self.backbone.prompted(prefixes=self.prefixes(idx)):
+        with self.prefix_hooks.using(self.prefixes(idx)):
             return self.backbone(x)
 
     def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from clbench.adapters import KVPrefixes
 from clbench.config import MethodConfig
 from clbench.errors import ConfigError
 from clbench.heads import IncrementalLinear
@@ -135,6 +136,7 @@ class HiDePrompt(PromptMethod):
             self.register_buffer(f"{space}_count", torch.zeros(0, k))
         self.selection = SelectionLog(info.n_tasks, info.n_tasks)
         self.selection_name = "tii"
+        self.prefix_hooks = KVPrefixes(backbone, blocks=cfg.layers)
         self.flag_noncomparable("hide-prompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
         self._task = 0
         self._prototypes: Tensor | None = None
@@ -173,7 +175,7 @@ class HiDePrompt(PromptMethod):
             idx = torch.full((x.shape[0],), idx, device=x.device, dtype=torch.long)
         keys, values = kv_prefixes(pool, idx, self.cfg.prefix_reshape_bug)
         prefixes = {b: (keys[i], values[i]) for i, b in enumerate(self.cfg.layers)}
-        with self.backbone.prompted(prefixes=prefixes):
+        with self.prefix_hooks.using(prefixes):
             return self.backbone(x)
 
     def contrastive(self, feats: Tensor) -> Tensor:

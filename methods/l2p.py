@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from clbench.adapters import PromptTokens
 from clbench.config import MethodConfig
 from clbench.errors import ConfigError
 from clbench.prompting import SelectionLog, cosine_matrix, select_top_k, uniform_
@@ -54,6 +55,7 @@ class L2P(PromptMethod):
         self.prompts = uniform_((cfg.pool_size, cfg.prompt_length, d))
         self.keys = uniform_((cfg.pool_size, d))
         self.selection = SelectionLog(cfg.pool_size)
+        self.token_hooks = PromptTokens(backbone)
         self.flag_noncomparable("l2p", cfg.batchwise_prompt)
         self._forced: Tensor | None = None  # training slots under prompt_mask
 
@@ -82,7 +84,7 @@ class L2P(PromptMethod):
     def features(self, x: Tensor, idx: Tensor) -> Tensor:
         """Head input for prompts ``idx`` (B, N): mean of the prompt outputs, or [CLS]."""
         tokens = self.prompts[idx].flatten(1, 2)  # (B, N·L, D)
-        with self.backbone.prompted(tokens=tokens):
+        with self.token_hooks.using(tokens):
             out = self.backbone.forward_tokens(x)
         if self.cfg.head == "token":
             return self.backbone.pool(out)

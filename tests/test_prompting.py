@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from clbench.adapters import KVPrefixes, PromptTokens, injections
 from clbench.config import BackboneConfig, BenchmarkConfig, TrainConfig, apply_values
 import clbench.benchmarks  # noqa: F401  (registers the presets this file checks)
 from clbench.presets import PRESETS
@@ -21,9 +22,11 @@ def test_query_pass_is_the_frozen_unprompted_backbone_without_grad():
     x = torch.rand(3, 3, 16, 16)
     plain = bb(x)
     keys = torch.randn(3, 2, 32, requires_grad=True)
-    with bb.prompted(tokens=torch.randn(1, 2, 32), prefixes={0: (keys, keys)}):
-        q = frozen_query(bb, x)  # prompts active around the call are suspended
+    tokens, prefixes = PromptTokens(bb), KVPrefixes(bb, blocks=[0])
+    with tokens.using(torch.randn(1, 2, 32)), prefixes.using({0: (keys, keys)}):
+        q = frozen_query(bb, x)  # prompts fed around the call are suspended
         assert not torch.allclose(bb(x), plain, atol=1e-4)
+        assert tokens.active and prefixes.active  # and fed again after it
     torch.testing.assert_close(q, plain)
     assert not q.requires_grad and q.dtype == torch.float32
 
@@ -39,7 +42,7 @@ def test_prefixed_attention_goes_through_fused_sdpa(monkeypatch):
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
     prefix = torch.randn(2, 4, 32)
-    with bb.prompted(prefixes={1: (prefix, prefix)}):
+    with KVPrefixes(bb, blocks=[1]).using({1: (prefix, prefix)}):
         bb(torch.rand(2, 3, 16, 16))
     # every block uses timm's fused attention; block 1 attends to 4 extra key/value rows
     assert [k - q for q, k in calls] == [0, 0, 0] and calls[1][1] == calls[0][1] + 4
@@ -100,7 +103,7 @@ def test_disabled_prompts_equal_the_plain_vit(name):
     x = torch.rand(4, 3, 16, 16)
     if name == "coda-prompt":  # no components yet: nothing is composed
         method.eval()
-        with method.backbone.prompted(prefixes=method.prefixes(method.query(x))):
+        with method.prefix_hooks.using(method.prefixes(method.query(x))):
             got = method.backbone(x)
     else:
         run_tasks(method, 1)
@@ -138,9 +141,10 @@ def test_one_query_pass_and_one_prompted_pass_per_step_and_prediction(name):
     task = task_ctx(info, 1)
     passes = []
 
+    (hooks,) = injections(method.backbone)
+
     def record(*_):
-        state = method.backbone._state
-        passes.append((torch.is_grad_enabled(), state is not None and (state.tokens is not None or bool(state.prefixes))))
+        passes.append((torch.is_grad_enabled(), hooks.active))
 
     method.backbone.vit.patch_embed.register_forward_hook(record)
     method.train()

@@ -17,12 +17,21 @@ Speed by construction:
   computed once per forward by ``scale_fn`` and shared by all blocks;
 * branches with fixed scales can be merged into the ``qkv`` weight when frozen
   (``freeze_current(merge=True)``: InfLoRA); their factors are kept in the module's state
-  and re-merged when a saved state is loaded into a fresh module, so the weights never
-  need saving. :meth:`merged` folds everything into the weight for evaluation, so
-  inference costs exactly a plain ViT forward.
+  and re-merged when a saved state is loaded, so the weights never need saving. :meth:`merged`
+  folds everything into the weight for evaluation, so inference costs exactly a plain ViT
+  forward.
 
-The hooks modify timm's modules only through forward hooks; the backbone's parameters keep
-their names. :meth:`input_covariance` collects the uncentred covariance of the qkv inputs
+Exactness and safety: the original rows of the adapted projections are copied the first time
+a branch is merged into them; loading a state restores them before re-merging, and
+:meth:`~clbench.adapters.Injection.remove` writes them back, so both are bit for bit (nothing
+is subtracted). A state dict of the backbone holds those original rows (a state-dict hook on
+each adapted ``qkv``), so saving and reloading a whole method never merges twice. Every merge
+checks that the new weights are finite before writing any of them
+(:class:`~clbench.errors.NonFiniteMerge` otherwise).
+
+It is an :class:`~clbench.adapters.Injection`: forward hooks on the untouched ``qkv``
+modules, whose parameters keep timm's names; a second ``QKVLowRank`` on the same blocks is an
+error. :meth:`input_covariance` collects the uncentred covariance of the qkv inputs
 (InfLoRA's subspace design) on the compute device. :func:`lowrank_inner` gives Frobenius
 inner products of low-rank products from r×r Gram matrices, never a d×d matrix.
 """
@@ -32,11 +41,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..errors import NonFiniteMerge
+from .base import Injection
 
 QKV_INDEX = {"q": 0, "k": 1, "v": 2}
 
@@ -78,16 +90,19 @@ class InputCovariance:
             self.count += h.shape[0]
 
 
-class QKVLowRank(nn.Module):
+class QKVLowRank(Injection):
     """Low-rank branches on ``targets`` (e.g. ``"qv"``) of the given blocks' fused qkv."""
 
     def __init__(self, backbone: Backbone, blocks: Sequence[int] | None = None, targets: str = "qv"):
-        super().__init__()
+        super().__init__(backbone)
         if not targets or any(t not in QKV_INDEX for t in targets):
             raise ValueError(f"targets must be letters from 'qkv', got {targets!r}")
         self.block_ids = list(range(backbone.depth)) if blocks is None else sorted(blocks)
         self.targets = tuple(targets)
-        qkv = backbone.qkv(self.block_ids[0])
+        for b in self.block_ids:
+            self.module_at(backbone, f"vit.blocks.{b}.attn")
+        self._qkv = [backbone.qkv(b) for b in self.block_ids]  # not registered: owned by backbone
+        qkv = self._qkv[0]
         self.d_in, self.d_out = qkv.in_features, qkv.out_features // 3
         shape = (len(self.block_ids), len(self.targets))
         ref = qkv.weight
@@ -100,14 +115,15 @@ class QKVLowRank(nn.Module):
         self.register_buffer("merged_A", None)  # (L, P, R_merged, d_in)
         self.register_buffer("merged_B", None)  # (L, P, d_out, R_merged), scale and norm folded in
         self.merged_ranks: list[int] = []
-        self._applied: list[tuple[Tensor, Tensor]] = []  # merges currently in the backbone weights
         self.scale_fn: ScaleFn | None = None
-        self._qkv = [backbone.qkv(b) for b in self.block_ids]  # not registered: owned by backbone
         self._starts = [QKV_INDEX[name] * self.d_out for name in self.targets]
         self._scales: tuple[Tensor | None, Tensor | None] = (None, None)
-        self._merged_rows: list[Tensor] | None = None
-        for i, module in enumerate(self._qkv):
-            module.register_forward_hook(self._make_hook(i), prepend=True)
+        self._original: list[Tensor] | None = None  # rows before the first persistent merge, per _rows()
+        self._merged_rows: list[Tensor] | None = None  # rows saved by an active merged()
+        for i, (b, module) in enumerate(zip(self.block_ids, self._qkv)):
+            path = f"vit.blocks.{b}.attn.qkv"
+            self.hook(path, module, self._make_hook(i), prepend=True)
+            self.hook(path, module, self._make_state_hook(i), kind="state_dict")
         self.register_load_state_dict_post_hook(lambda module, keys: module._redo_merges())
 
     # ------------------------------------------------------------------ branches
@@ -161,7 +177,8 @@ class QKVLowRank(nn.Module):
             B = B * scale
         A, B = A.contiguous(), B.contiguous()
         if merge:
-            self._merge_into_weights(A, B)
+            self._merge_into_weights([(A, B)], "Merging the finished branch into the qkv weights "
+                                     "(freeze_current(merge=True))")
             self.merged_A = A.clone() if self.merged_A is None else torch.cat([self.merged_A, A], dim=2)
             self.merged_B = B.clone() if self.merged_B is None else torch.cat([self.merged_B, B], dim=3)
             self.merged_ranks.append(A.shape[2])
@@ -188,34 +205,86 @@ class QKVLowRank(nn.Module):
                 yield i, p, slice(start, start + self.d_out)
 
     @torch.no_grad()
-    def _merge_into_weights(self, A: Tensor, B: Tensor, sign: float = 1.0) -> None:
-        """qkv[rows of p] += sign · B[i, p] @ A[i, p] for every block and projection."""
-        for i, p, rows in self._rows():
+    def _merge_into_weights(self, merges: list[tuple[Tensor, Tensor]], doing: str, from_original: bool = False) -> None:
+        """qkv[rows of p] += B[i, p] @ A[i, p] for every (A, B) in ``merges``, block and projection,
+        starting from the current rows or (``from_original``) from the rows before any merge.
+
+        All new rows are computed and checked for finite values before any is written; the
+        first merge keeps a copy of the original rows (for exact reloads and :meth:`remove`)."""
+        self._require_attached()
+        if self._merged_rows is not None:
+            raise RuntimeError("cannot merge branches into the weights inside merged()")
+        new = []
+        for k, (i, p, rows) in enumerate(self._rows()):
             weight = self._qkv[i].weight
-            delta = (B[i, p] @ A[i, p]).to(device=weight.device, dtype=weight.dtype)
-            weight[rows] += delta if sign == 1.0 else -delta
-        if sign == 1.0:
-            self._applied.append((A, B))
+            start = self._original[k] if from_original and self._original is not None else weight[rows]
+            rows_k = start.to(weight).clone()
+            for A, B in merges:
+                rows_k += (B[i, p] @ A[i, p]).to(device=weight.device, dtype=weight.dtype)
+            new.append(rows_k)
+        self._check_finite(new, doing)
+        if self._original is None:
+            self._original = [self._qkv[i].weight[rows].clone() for i, _, rows in self._rows()]
+        for (i, _, rows), rows_k in zip(self._rows(), new):
+            self._qkv[i].weight[rows] = rows_k
+
+    def _check_finite(self, new: list[Tensor], doing: str) -> None:
+        """A NonFiniteMerge naming the first projection whose new rows are not all finite."""
+        if bool(torch.stack([rows.isfinite().all() for rows in new]).all()):
+            return
+        i, p, rows = next(where for where, r in zip(self._rows(), new) if not bool(r.isfinite().all()))
+        block = self.block_ids[i]
+        loading = doing.startswith("Re-merging")
+        fix = ("The state holds non-finite merged factors (saved from a diverged run, or damaged): load a state "
+               "saved before the divergence." if loading else
+               "Training diverged: lower train.lr or set train.grad_clip (e.g. --set train.grad_clip=1.0).")
+        raise NonFiniteMerge(
+            f"{doing} would make the {self.targets[p]} projection of block {block} (vit.blocks.{block}.attn.qkv, "
+            f"rows {rows.start}:{rows.stop}) NaN or infinite on backbone '{self.backbone_tag}', so no weight was "
+            f"changed. {fix}")
 
     @torch.no_grad()
     def _redo_merges(self) -> None:
         """After loading a state: make the qkv weights carry exactly the merges in the state.
 
-        On a fresh module (pretrained weights) the merges are applied task by task with the
-        same operations as during training, so the weights are bit-identical; merges that a
-        used module had applied are first subtracted (exact up to rounding).
-        """
+        The original rows (kept at the first merge, or the current ones on a module that has
+        merged nothing) get the merges task by task, with the same operations as in training,
+        so the weights are bit-identical to the ones the state was saved from."""
         if self._merged_rows is not None:
             raise RuntimeError("cannot load a state inside merged()")
-        for A, B in reversed(self._applied):
-            self._merge_into_weights(A, B, sign=-1.0)
-        self._applied = []
-        start = 0
+        if not self.attached or (not self.merged_ranks and self._original is None):
+            return
+        merges, start = [], 0
         for rank in self.merged_ranks:
-            A = self.merged_A[:, :, start:start + rank].contiguous()
-            B = self.merged_B[..., start:start + rank].contiguous()
-            self._merge_into_weights(A, B)
+            merges.append((self.merged_A[:, :, start:start + rank].contiguous(),
+                           self.merged_B[..., start:start + rank].contiguous()))
             start += rank
+        self._merge_into_weights(merges, "Re-merging the loaded state's merged branches", from_original=True)
+
+    def _restore(self) -> None:
+        """remove(): the original rows back into the qkv weights, exactly."""
+        if self._merged_rows is not None:
+            raise RuntimeError("leave merged() before remove()")
+        if self._original is not None:
+            with torch.no_grad():
+                for (i, _, rows), original in zip(self._rows(), self._original):
+                    self._qkv[i].weight[rows] = original
+            self._original = None
+
+    def _make_state_hook(self, i: int) -> Callable:
+        """State-dict hook of block index ``i``'s qkv: report its rows without this adapter's merges."""
+        def hook(module: nn.Module, state: dict, prefix: str, local_metadata: Any) -> None:
+            original = self._original if self._original is not None else self._merged_rows
+            if original is None:
+                return
+            key = prefix + "weight"
+            weight = state[key].detach().clone()
+            for (j, _, rows), rows_k in zip(self._rows(), original):
+                if j == i:
+                    weight[rows] = rows_k.to(weight)
+            state[key] = weight
+
+        return hook
 
     # ------------------------------------------------------------------ forward
     def _branch_scales(self) -> tuple[Tensor | None, Tensor | None]:
@@ -277,6 +346,7 @@ class QKVLowRank(nn.Module):
         The sums (``.sums``: (L, d_in, d_in) float64) and the token count (``.count``) stay
         on the inputs' device; divide to get InfLoRA's uncentred covariance.
         """
+        self._require_attached()
         recorder = InputCovariance(len(self.block_ids), self.d_in)
         handles = [module.register_forward_pre_hook(lambda m, args, i=i: recorder.add(i, args[0]))
                    for i, module in enumerate(self._qkv)]
@@ -306,13 +376,13 @@ class QKVLowRank(nn.Module):
         if self._merged_rows is not None or (self.frozen_rank == 0 and self.A is None):
             yield
             return
-        saved = []
+        self._require_attached()
         with torch.no_grad():
-            deltas = [(i, rows, self.delta_weight(i, p)) for i, p, rows in self._rows()]
-            for i, rows, delta in deltas:
-                weight = self._qkv[i].weight
-                saved.append(weight[rows].clone())
-                weight[rows] += delta.to(weight.dtype)
+            saved = [self._qkv[i].weight[rows].clone() for i, _, rows in self._rows()]
+            new = [rows_k + self.delta_weight(i, p).to(rows_k.dtype) for (i, p, _), rows_k in zip(self._rows(), saved)]
+            self._check_finite(new, "Merging the adapter's branches for evaluation (merged())")
+            for (i, _, rows), rows_k in zip(self._rows(), new):
+                self._qkv[i].weight[rows] = rows_k
         self._merged_rows = saved
         try:
             yield
@@ -324,4 +394,4 @@ class QKVLowRank(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"blocks={self.block_ids}, targets={''.join(self.targets)}, frozen_ranks={self.frozen_ranks}, "
-                f"merged_ranks={self.merged_ranks}, current_rank={self.rank}")
+                f"merged_ranks={self.merged_ranks}, current_rank={self.rank}, {super().extra_repr()}")
