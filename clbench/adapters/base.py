@@ -29,9 +29,10 @@ own its parameters, and override :meth:`_restore` only if it changes weights in 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -135,3 +136,20 @@ class Injection(nn.Module):
             if kind not in kinds[path]:
                 kinds[path].append(kind)
         return "hooks=[" + ", ".join(f"{path}: {'+'.join(k)}" for path, k in kinds.items()) + "]"
+
+
+class SwitchableInjection(Injection):
+    """An injection whose hooks can be switched off: inside :meth:`disabled` the backbone
+    computes its plain forward (e.g. the pretrained branch next to an adapted one)."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__(backbone)
+        self.enabled = True
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        previous, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = previous
