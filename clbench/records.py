@@ -36,6 +36,7 @@ import torch
 
 from . import metrics
 from .errors import OutputError
+from .statefile import split_extra
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "record.json"
@@ -156,13 +157,11 @@ def save_state(run_dir: Path, index: int, state: Mapping[str, Any], policy: str)
     """Save a task's state as safetensors (per ``engine.save_task_state``); its record entry.
 
     Non-tensor entries (``_extra_state``) go into the file's metadata as JSON; read the file
-    back with :func:`clbench.engine.state.load_state_file`.
+    back with :func:`clbench.statefile.load_state_file`.
     """
     if policy == "never" or not state:
         return None
     from safetensors.torch import save
-
-    from .engine.state import split_extra
 
     tensors, meta = split_extra(state)
     size = sum(t.numel() * t.element_size() for t in tensors.values())

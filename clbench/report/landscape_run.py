@@ -25,11 +25,12 @@ from torch.nn import functional as F
 
 from ..config import BackboneConfig, EngineConfig, RunConfig, TrainConfig, apply_values
 from ..engine.progress import ProgressReporter
-from ..engine.state import load_state_file, restore_state
+from ..engine.state import restore_state
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, DataError
 from ..records import load_record
 from ..registry import BENCHMARKS, METHODS
+from ..statefile import load_state_file
 from . import landscape as ls
 
 
