@@ -11,7 +11,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TransferSpeedColumn)
 from rich.table import Table
 
-from .cli import app, console, err_console, friendly
+from .cli_common import app, console, err_console, friendly
 from .errors import ConfigError, DataError
 
 data_app = typer.Typer(

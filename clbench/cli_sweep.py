@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .cli import app, console, friendly, parse_seeds, split_list
+from .cli_common import app, console, friendly, parse_seeds, split_list
 
 
 def _coerce_scalar(text: str) -> Any:
