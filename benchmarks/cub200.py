@@ -59,7 +59,6 @@ class Cub200(RealBenchmark):
     """CUB-200-2011, 200 classes; splits presplit (APER cub.zip) or official train_test_split.txt."""
 
     Config = Cub200Config
-    name = "cub200"
     title = "CUB-200-2011"
     n_classes = 200
 

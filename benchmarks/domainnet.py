@@ -50,7 +50,6 @@ class DomainNet(RealBenchmark):
     """DomainNet, 345 classes over 5 domains (no quickdraw), 5 tasks; official lists or CODA YAMLs."""
 
     Config = DomainNetConfig
-    name = "domainnet"
     title = "DomainNet"
     n_classes = 345
 

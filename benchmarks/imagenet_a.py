@@ -35,7 +35,6 @@ class ImageNetA(RealBenchmark):
     """ImageNet-A, 200 classes; splits presplit (APER ina.zip, SD-LoRA) or seeded 80/20."""
 
     Config = ImageNetAConfig
-    name = "imagenet_a"
     title = "ImageNet-A"
     n_classes = 200
 

@@ -68,7 +68,6 @@ class ImageNetR(RealBenchmark):
     """ImageNet-R, 200 classes; splits presplit (APER, SD-LoRA), coda (YAML lists) or seeded 80/20."""
 
     Config = ImageNetRConfig
-    name = "imagenet_r"
     title = "ImageNet-R"
     n_classes = 200
 

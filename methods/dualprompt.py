@@ -57,7 +57,7 @@ class DualPrompt(PromptMethod):
         self.e_prompt = uniform_((len(cfg.e_layers), cfg.pool_size, 2, cfg.e_length, d))
         self.keys = uniform_((cfg.pool_size, d))
         self.selection = SelectionLog(cfg.pool_size, info.n_tasks)
-        self.flag_noncomparable("dualprompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
+        self.flag_noncomparable(cfg.batchwise_prompt, cfg.prefix_reshape_bug)
         self._slot: int | None = None  # the training task's E-prompt entry
 
     def before_task(self, task) -> None:

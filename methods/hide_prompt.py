@@ -135,7 +135,7 @@ class HiDePrompt(PromptMethod):
             self.register_buffer(f"{space}_count", torch.zeros(0, k))
         self.selection = SelectionLog(info.n_tasks, info.n_tasks)
         self.selection_name = "tii"
-        self.flag_noncomparable("hide-prompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
+        self.flag_noncomparable(cfg.batchwise_prompt, cfg.prefix_reshape_bug)
         self._task = 0
         self._prototypes: Tensor | None = None
 

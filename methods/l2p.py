@@ -54,7 +54,7 @@ class L2P(PromptMethod):
         self.prompts = uniform_((cfg.pool_size, cfg.prompt_length, d))
         self.keys = uniform_((cfg.pool_size, d))
         self.selection = SelectionLog(cfg.pool_size)
-        self.flag_noncomparable("l2p", cfg.batchwise_prompt)
+        self.flag_noncomparable(cfg.batchwise_prompt)
         self._forced: Tensor | None = None  # training slots under prompt_mask
 
     def _task_slots(self, t: int) -> tuple[int, int] | None:
