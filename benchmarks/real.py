@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from clbench.config import BenchmarkConfig
+from clbench.config import BenchmarkConfig, option
 from clbench.data import cache as cache_mod
 from clbench.data.datasets import LabelledDataset
 from clbench.data.download import Source, file_digest
@@ -37,15 +37,17 @@ SDLORA_BACKBONE = "vit_base_patch16_224.augreg2_in21k_ft_in1k"  # protocol decis
 class RealBenchmarkConfig(BenchmarkConfig):
     """Options every real benchmark has."""
 
-    data_root: str | None = None  # folder holding the datasets; default: $CLBENCH_DATA_ROOT
-    path: str | None = None  # this dataset's own folder, if not at its usual place under data_root
-    transforms: Literal["pilot", "coda"] = "pilot"  # PILOT/SD-LoRA or CODA/InfLoRA pipelines
-    image_size: int = 224
-    resize_size: int | None = None  # eval: shorter side resized to this before the crop; None: 256 at 224
-    cache: Literal["auto", "off", "require"] = "auto"  # use the decoded cache (clbench data prepare)
-    cache_dir: str | None = None  # default: $CLBENCH_CACHE_DIR or ~/.cache/clbench/data
-    check_counts: bool = True  # the class and image counts must match the published dataset
-    skip_bad_images: bool = False  # leave unreadable images out (listed in the record) instead of failing
+    data_root: str | None = option(None, "folder holding the datasets; default: $CLBENCH_DATA_ROOT")
+    path: str | None = option(None, "this dataset's own folder, if not at its usual place under data_root")
+    transforms: Literal["pilot", "coda"] = option("pilot", "PILOT/SD-LoRA or CODA/InfLoRA pipelines")
+    image_size: int = option(224, "input size of the model in pixels", ge=1)
+    resize_size: int | None = option(
+        None, "eval: shorter side resized to this before the crop; None: 256 at 224", ge=1)
+    cache: Literal["auto", "off", "require"] = option("auto", "use the decoded cache (clbench data prepare)")
+    cache_dir: str | None = option(
+        None, "where decoded caches live; default: $CLBENCH_CACHE_DIR or ~/.cache/clbench/data")
+    check_counts: bool = option(True, "the class and image counts must match the published dataset")
+    skip_bad_images: bool = option(False, "leave unreadable images out (listed in the record) instead of failing")
 
 
 @dataclass
