@@ -41,13 +41,13 @@ def run(
     from .engine.progress import ProgressReporter
     from .experiment import DataCache, execute, plan
 
-    overrides = load_config_file(config) + parse_set(set_ or [])
+    file_overrides, overrides = load_config_file(config), parse_set(set_ or [])
     main_rank = is_main_process()
     if resume is not None:
         if methods or output_dir is not None or data_root is not None or preset is not None:
             raise ConfigError("--resume continues one run as it was configured; drop --methods, --preset, "
                               "--output-dir and --data-root (use --set train.*=... to change training values).")
-        _resume(resume, overrides + ([("engine.device", device)] if device else [])
+        _resume(resume, file_overrides + overrides + ([("engine.device", device)] if device else [])
                 + ([] if progress else [("engine.progress", "false")]), progress and main_rank)
         return
     if output_dir is not None:
@@ -59,7 +59,8 @@ def run(
     if not progress:
         overrides.append(("engine.progress", "false"))
     cache = DataCache()
-    runs = plan(split_list(methods), benchmark, parse_seeds(seeds), preset, overrides, cache)
+    runs = plan(split_list(methods), benchmark, parse_seeds(seeds), preset, overrides, cache,
+                file_overrides=file_overrides)
     records = []
     with ProgressReporter(err_console, enabled=runs[0].config.engine.progress and main_rank) as reporter:
         for run_ in runs:
