@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from rich.console import Console
 
 from .backbones import _resolve_spec, check_bundled, create_backbone
@@ -28,7 +26,7 @@ from .engine.progress import ProgressReporter
 from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
 from .engine.trainer import Trainer
 from .errors import ConfigError, DataError, TrainingDiverged, WeightsError
-from .records import RunRecorder, environment, ensure_writable, load_record, new_run_dir, save_state
+from .records import RunRecorder, ensure_writable, header, jsonable, load_record, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
 from .resolve import Override, PlannedRun, config_from_record, resolve
 from .weights import check_available
@@ -89,22 +87,6 @@ class DataCache:
         return bench, self._data[key]
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
-
-
 def build(cfg: RunConfig, cache: DataCache | None = None) -> tuple[Any, Any, Any]:
     """(benchmark data, stream, freshly built method) for a resolved config, seeded."""
     from .methods.base import StreamInfo
@@ -135,32 +117,11 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
     data, stream, method = build(cfg, cache)
     backbone = method.backbone
     device = dist.device(resolve_device(cfg.engine.device))
-    per_task, per_class = stream.test_counts()
     made = str(new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)) if dist.is_main else None
     run_dir = Path(dist.broadcast_object(made))
-    recorder = RunRecorder(run_dir, {
-        "run_id": run_dir.name,
-        "method": cfg.method, "benchmark": cfg.benchmark, "seed": cfg.seed, "preset": cfg.preset,
-        "config": cfg.to_dict(),
-        "overrides": [[k, str(v)] for k, v in run.overrides],
-        "protocol": {
-            "class_order": stream.order.tolist(), "order_id": stream.order_id(),
-            "split_id": data.split_id, "label_map_id": data.label_map_id, "data_info": _jsonable(data.info),
-            "n_classes": stream.n_classes, "n_tasks": stream.n_tasks,
-            "task_ranges": [[t.lo, t.hi] for t in stream.tasks],
-            "backbone": cfg.backbone.name, "weights": backbone.weights.to_dict(),
-            "input_norm": cfg.backbone.input_norm, "logit_mask": cfg.train.logit_mask,
-            "evaluation": "after each task; test data of all seen classes; one head over seen classes; no task id",
-        },
-        "comparable": True, "noncomparable_reasons": [],
-        "test_counts": {"per_task": per_task, "per_class": per_class},
-        "paper": run.preset.reported.to_dict() if run.preset and run.preset.reported else None,
-        "environment": environment(),
-        "engine": {**engine_summary(device, resolve_precision(cfg.engine.precision, device)),
-                   "world_size": dist.world_size},
-        "params": {"backbone": sum(p.numel() for p in backbone.parameters())},
-        "run_dir": str(run_dir),
-    }, write=dist.is_main)
+    engine_info = engine_summary(device, resolve_precision(cfg.engine.precision, device))
+    recorder = RunRecorder(run_dir, header(run, stream, data, backbone, engine_info, dist.world_size, run_dir),
+                           write=dist.is_main)
     return _train(cfg, stream, method, recorder, dist, progress, on_task, None)
 
 
@@ -218,7 +179,7 @@ def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist
             "index": task.index, "classes": list(task.classes), "lo": task.lo, "hi": task.hi,
             "n_train": len(stream.train_data(task.index, cumulative=method.cumulative_data)),
             **result,
-            "method_log": _jsonable(method.task_log()),
+            "method_log": jsonable(method.task_log()),
             "state": save_state(run_dir, task.index, state, cfg.engine.save_task_state) if dist.is_main else None,
         }
         recorder.record["comparable"] = not method.noncomparable
