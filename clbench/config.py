@@ -158,8 +158,8 @@ def check_options(obj: Any, prefix: str) -> None:
         integer = all(isinstance(v, int) for v in values)
         fix = ",".join(str(v) for v in defaults) if default not in (None, (), MISSING) and \
             all(bounds.admits(v) for v in defaults) else str(bounds.example(integer))
-        what = f"every value {bounds}" if isinstance(value, tuple) else str(bounds)
-        raise ConfigError(f"Config key '{key}' must be {what}, got {value!r}. Fix it, e.g. --set {key}={fix}.")
+        what = f"have every value {bounds}" if isinstance(value, tuple) else f"be {bounds}"
+        raise ConfigError(f"Config key '{key}' must {what}, got {value!r}. Fix it, e.g. --set {key}={fix}.")
 
 
 @dataclass

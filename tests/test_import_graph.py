@@ -121,6 +121,15 @@ def test_the_cycle_finder_reports_the_chain():
     assert find_cycles({"a": {"b"}, "b": set()}) == []
 
 
+def test_records_and_resolution_never_import_the_engine():
+    for module in ("clbench.records", "clbench.resolve", "clbench.config", "clbench.statefile"):
+        path, _ = modules()[module]
+        tree = ast.parse(path.read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.lstrip(".").startswith("engine") or m.startswith("clbench.engine")], module
+
+
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     unexpected = [c for c in cycles if sorted(set(c)) not in EXPECTED_TO_FIX_LATER]

@@ -40,10 +40,10 @@ def test_nan_and_inf_are_out_of_every_bounded_float_range(value):
 
 
 def test_tuples_are_checked_element_by_element():
-    with pytest.raises(ConfigError, match=r"'train.betas' must be every value in \[0, 1\), got \(0.9, 1.0\).*"
+    with pytest.raises(ConfigError, match=r"'train.betas' must have every value in \[0, 1\), got \(0.9, 1.0\).*"
                                           r"--set train.betas=0.9,0.999"):
         check_options(TrainConfig(betas=(0.9, 1.0)), "train")
-    with pytest.raises(ConfigError, match="'train.milestones' must be every value >= 0"):
+    with pytest.raises(ConfigError, match="'train.milestones' must have every value >= 0"):
         check_options(TrainConfig(milestones=(3, -1)), "train")
     check_options(TrainConfig(milestones=(3, 6), first_task_milestones=(2,)), "train")
 
