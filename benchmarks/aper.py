@@ -38,7 +38,7 @@ class AperPresplit(RealBenchmark):
         return [Source(self.archive, None, md5=self.md5, note=APER_NOTE)]
 
     def split_lists(self, cfg: RealBenchmarkConfig, dataset_dir: Path) -> SplitLists:
-        return presplit_folders(dataset_dir, self.name)
+        return presplit_folders(dataset_dir, self.registered_name)
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Vtab(AperPresplit):
     """VTAB (APER): 50 classes from 5 VTAB datasets, 5 tasks in folder order (unshuffled)."""
 
     Config = VtabConfig
-    name, title, n_classes = "vtab", "VTAB (APER)", 50
+    title, n_classes = "VTAB (APER)", 50
     archive, md5 = "vtab.zip", "a9c37bde6105a2516c900b0c33a437c1"
     folders = ("vtab", "vtab-cil/vtab")
 
@@ -67,7 +67,7 @@ class Omnibenchmark(AperPresplit):
     """OmniBenchmark (APER): 300 classes, 10 tasks."""
 
     Config = OmnibenchmarkConfig
-    name, title, n_classes = "omnibenchmark", "OmniBenchmark (APER)", 300
+    title, n_classes = "OmniBenchmark (APER)", 300
     archive, md5 = "omnibenchmark.zip", "f1c30808a707f9197c6c811ea52e5cbb"
     folders = ("omnibenchmark",)
 
@@ -82,6 +82,6 @@ class Objectnet(AperPresplit):
     """ObjectNet (APER): 200 classes, 20 tasks."""
 
     Config = ObjectnetConfig
-    name, title, n_classes = "objectnet", "ObjectNet (APER)", 200
+    title, n_classes = "ObjectNet (APER)", 200
     archive, md5 = "objnet.tgz", "63ff7443a47bd682016a8ec59b8cc1bc"
     folders = ("objectnet", "objnet")

@@ -27,6 +27,7 @@ class Benchmark:
     :func:`clbench.registry.register_benchmark`)."""
 
     Config: ClassVar[type[BenchmarkConfig]] = BenchmarkConfig
+    registered_name: ClassVar[str] = ""  # stamped by register_benchmark
     #: Values for other config sections (dotted keys: ``train.epochs``, ``backbone.name``)
     #: that suit this benchmark; methods and presets may override them.
     defaults: ClassVar[dict[str, Any]] = {}

@@ -67,7 +67,6 @@ class Cifar100(RealBenchmark):
     """CIFAR-100, 100 classes, official 50k/10k split (python pickles), upsampled to 224."""
 
     Config = Cifar100Config
-    name = "cifar100"
     title = "CIFAR-100"
     n_classes = 100
     stored_decoded = True  # python pickles of uint8 arrays

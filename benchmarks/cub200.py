@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from clbench.config import option
 from clbench.data.download import Source
 from clbench.data.splits import Samples, SplitLists, digest, existing_sizes, presplit_folders, require_all_classes
 from clbench.errors import DataError
@@ -51,7 +52,8 @@ class Cub200Config(RealBenchmarkConfig):
     """Options of ``cub200``."""
 
     n_tasks: int = 10
-    split: Literal["presplit", "official"] = "presplit"
+    split: Literal["presplit", "official"] = option(
+        "presplit", "presplit: APER cub.zip; official: the dataset's train_test_split.txt")
 
 
 @register_benchmark("cub200")
@@ -59,7 +61,6 @@ class Cub200(RealBenchmark):
     """CUB-200-2011, 200 classes; splits presplit (APER cub.zip) or official train_test_split.txt."""
 
     Config = Cub200Config
-    name = "cub200"
     title = "CUB-200-2011"
     n_classes = 200
 

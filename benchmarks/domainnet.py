@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from clbench.config import option
 from clbench.data.download import Source, file_digest
 from clbench.data.splits import (Samples, SplitLists, coda_yaml, digest, existing_sizes, label_map_from_lists,
                                  read_file_list, require_all_classes)
@@ -40,9 +41,11 @@ class DomainNetConfig(RealBenchmarkConfig):
     """Options of ``domainnet``."""
 
     n_tasks: int = 5
-    split: Literal["official", "coda"] = "official"
-    domains: tuple[str, ...] = ("clipart", "infograph", "painting", "real", "sketch")  # official lists
-    split_dir: str | None = None  # coda: folder with domainnet_{train,test}.yaml
+    split: Literal["official", "coda"] = option(
+        "official", "official: the dataset's lists; coda: CODA-Prompt's YAMLs")
+    domains: tuple[str, ...] = option(("clipart", "infograph", "painting", "real", "sketch"),
+                                      "official: the domains whose lists are read")
+    split_dir: str | None = option(None, "coda: folder with domainnet_{train,test}.yaml")
 
 
 @register_benchmark("domainnet")
@@ -50,7 +53,6 @@ class DomainNet(RealBenchmark):
     """DomainNet, 345 classes over 5 domains (no quickdraw), 5 tasks; official lists or CODA YAMLs."""
 
     Config = DomainNetConfig
-    name = "domainnet"
     title = "DomainNet"
     n_classes = 345
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from clbench.config import option
 from clbench.data.download import Source
 from clbench.data.splits import SplitLists, apply_seeded_split, presplit_folders
 from clbench.errors import DataError
@@ -25,9 +26,10 @@ class ImageNetAConfig(RealBenchmarkConfig):
     """Options of ``imagenet_a``."""
 
     n_tasks: int = 10
-    split: Literal["presplit", "seeded"] = "presplit"
-    test_fraction: float = 0.2  # seeded
-    split_seed: int = 1993  # seeded
+    split: Literal["presplit", "seeded"] = option(
+        "presplit", "presplit: APER ina.zip (SD-LoRA); seeded: a seeded split")
+    test_fraction: float = option(0.2, "seeded: share of each class's images held out for testing", gt=0, lt=1)
+    split_seed: int = option(1993, "seeded: seed of the split", ge=0, lt=2**32)
 
 
 @register_benchmark("imagenet_a")
@@ -35,7 +37,6 @@ class ImageNetA(RealBenchmark):
     """ImageNet-A, 200 classes; splits presplit (APER ina.zip, SD-LoRA) or seeded 80/20."""
 
     Config = ImageNetAConfig
-    name = "imagenet_a"
     title = "ImageNet-A"
     n_classes = 200
 

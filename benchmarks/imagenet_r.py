@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from clbench.config import option
 from clbench.data.download import Source
 from clbench.data.splits import SplitLists, apply_seeded_split, coda_yaml, presplit_folders
 from clbench.errors import DataError
@@ -56,11 +57,13 @@ class ImageNetRConfig(RealBenchmarkConfig):
     """Options of ``imagenet_r``."""
 
     n_tasks: int = 10
-    split: Literal["presplit", "coda", "seeded"] = "presplit"
-    split_dir: str | None = None  # coda: folder with imagenet-r_{train,test}.yaml; default <data_root>/splits/coda-prompt
-    verify_split_checksum: bool = True  # coda: the YAMLs must have the published sha256
-    test_fraction: float = 0.2  # seeded
-    split_seed: int = 1993  # seeded
+    split: Literal["presplit", "coda", "seeded"] = option(
+        "presplit", "presplit: APER (SD-LoRA); coda: CODA-Prompt's YAML lists; seeded: a seeded split")
+    split_dir: str | None = option(
+        None, "coda: folder with imagenet-r_{train,test}.yaml; default <data_root>/splits/coda-prompt")
+    verify_split_checksum: bool = option(True, "coda: the YAMLs must have the published sha256")
+    test_fraction: float = option(0.2, "seeded: share of each class's images held out for testing", gt=0, lt=1)
+    split_seed: int = option(1993, "seeded: seed of the split", ge=0, lt=2**32)
 
 
 @register_benchmark("imagenet_r")
@@ -68,7 +71,6 @@ class ImageNetR(RealBenchmark):
     """ImageNet-R, 200 classes; splits presplit (APER, SD-LoRA), coda (YAML lists) or seeded 80/20."""
 
     Config = ImageNetRConfig
-    name = "imagenet_r"
     title = "ImageNet-R"
     n_classes = 200
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clbench.config import BenchmarkConfig
+from clbench.config import BenchmarkConfig, option
 from clbench.data.datasets import TensorImageDataset
 from clbench.registry import register_benchmark
 
@@ -17,10 +17,10 @@ from .base import Benchmark, BenchmarkData
 @dataclass
 class RandomImagesConfig(BenchmarkConfig):
     n_tasks: int = 20
-    n_classes: int = 200
-    image_size: int = 224
-    train_per_class: int = 4
-    test_per_class: int = 1
+    n_classes: int = option(200, "number of classes", ge=1)
+    image_size: int = option(224, "height and width of the images in pixels", ge=1)
+    train_per_class: int = option(4, "training images per class", ge=1)
+    test_per_class: int = option(1, "test images per class", ge=1)
 
 
 @register_benchmark("random")

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from clbench.config import BenchmarkConfig
+from clbench.config import BenchmarkConfig, option
 from clbench.data import cache as cache_mod
 from clbench.data.datasets import LabelledDataset
 from clbench.data.download import Source, file_digest
@@ -37,15 +37,17 @@ SDLORA_BACKBONE = "vit_base_patch16_224.augreg2_in21k_ft_in1k"  # protocol decis
 class RealBenchmarkConfig(BenchmarkConfig):
     """Options every real benchmark has."""
 
-    data_root: str | None = None  # folder holding the datasets; default: $CLBENCH_DATA_ROOT
-    path: str | None = None  # this dataset's own folder, if not at its usual place under data_root
-    transforms: Literal["pilot", "coda"] = "pilot"  # PILOT/SD-LoRA or CODA/InfLoRA pipelines
-    image_size: int = 224
-    resize_size: int | None = None  # eval: shorter side resized to this before the crop; None: 256 at 224
-    cache: Literal["auto", "off", "require"] = "auto"  # use the decoded cache (clbench data prepare)
-    cache_dir: str | None = None  # default: $CLBENCH_CACHE_DIR or ~/.cache/clbench/data
-    check_counts: bool = True  # the class and image counts must match the published dataset
-    skip_bad_images: bool = False  # leave unreadable images out (listed in the record) instead of failing
+    data_root: str | None = option(None, "folder holding the datasets; default: $CLBENCH_DATA_ROOT")
+    path: str | None = option(None, "this dataset's own folder, if not at its usual place under data_root")
+    transforms: Literal["pilot", "coda"] = option("pilot", "PILOT/SD-LoRA or CODA/InfLoRA pipelines")
+    image_size: int = option(224, "input size of the model in pixels", ge=1)
+    resize_size: int | None = option(
+        None, "eval: shorter side resized to this before the crop; None: 256 at 224", ge=1)
+    cache: Literal["auto", "off", "require"] = option("auto", "use the decoded cache (clbench data prepare)")
+    cache_dir: str | None = option(
+        None, "where decoded caches live; default: $CLBENCH_CACHE_DIR or ~/.cache/clbench/data")
+    check_counts: bool = option(True, "the class and image counts must match the published dataset")
+    skip_bad_images: bool = option(False, "leave unreadable images out (listed in the record) instead of failing")
 
 
 @dataclass
@@ -64,7 +66,6 @@ class RealBenchmark(Benchmark):
     defaults: ClassVar[dict[str, Any]] = {
         "backbone.name": SDLORA_BACKBONE, "backbone.input_norm": "none",
     }  # the class order follows the run seed (PILOT/SD-LoRA: --seeds 1993 gives the 1993 order)
-    name: ClassVar[str] = ""  # the registered name
     title: ClassVar[str] = ""  # e.g. 'ImageNet-R'
     n_classes: ClassVar[int] = 0
     stored_decoded: ClassVar[bool] = False  # images already decoded on disk (no file lists, no decoded cache)
@@ -96,24 +97,25 @@ class RealBenchmark(Benchmark):
 
     # ------------------------------------------------------------------ locating the data
     def how_to_get(self, cfg: RealBenchmarkConfig, root: str = "DIR") -> str:
-        steps = []
+        name, steps = self.registered_name, []
         for src in self.sources(cfg):
             if src.url:
                 steps.append(f"{src.filename} from {src.url}")
             else:
-                steps.append(f"{src.filename} by hand ({src.note}), then 'clbench data download {self.name} "
+                steps.append(f"{src.filename} by hand ({src.note}), then 'clbench data download {name} "
                              f"--data-root {root} --archive {src.filename}' verifies and unpacks it")
         auto = any(s.url for s in self.sources(cfg))
         text = f"Expected layout: {self.layout(cfg)}. Files: " + "; ".join(steps) + "."
         if auto:
-            text += f" 'clbench data download {self.name} --data-root {root}' fetches what has a public URL."
-        return text + f" Then 'clbench data check {self.name} --data-root {root}' verifies everything."
+            text += f" 'clbench data download {name} --data-root {root}' fetches what has a public URL."
+        return text + f" Then 'clbench data check {name} --data-root {root}' verifies everything."
 
     def data_root(self, cfg: RealBenchmarkConfig) -> Path:
         root = cfg.data_root or os.environ.get(ENV_DATA_ROOT)
         if not root and not cfg.path:
             raise DataError(
-                f"Benchmark '{self.name}' ({self.title}) reads its images from a data root, and none is set. "
+                f"Benchmark '{self.registered_name}' ({self.title}) reads its images from a data root, and none is "
+                f"set. "
                 f"Pass --data-root DIR (or set {ENV_DATA_ROOT}=DIR). {self.how_to_get(cfg)}"
             )
         path = Path(root or ".").expanduser()
@@ -158,7 +160,7 @@ class RealBenchmark(Benchmark):
             raise DataError(
                 f"{self.title} at {dataset_dir} has {' and '.join(problems)} ({lists.info.get('split', '')} split). "
                 f"The copy is incomplete or a different version: extract it again ({self.layout(cfg)}); "
-                f"'clbench data check {self.name}' lists the details. To run on a subset on purpose, "
+                f"'clbench data check {self.registered_name}' lists the details. To run on a subset on purpose, "
                 f"--set benchmark.check_counts=false."
             )
         lists.info = {"dataset_dir": str(dataset_dir), **lists.info, "counts_checked": not problems,
@@ -187,8 +189,9 @@ class RealBenchmark(Benchmark):
     def datasets(self, cfg: RealBenchmarkConfig, lists: SplitLists,
                  pipe: Pipeline) -> tuple[LabelledDataset, LabelledDataset, dict[str, Any]]:
         """(train, test, loader facts): from the decoded cache when present, else from the files."""
+        name = self.registered_name
         if cfg.cache != "off":
-            directory = cache_mod.cache_dir(cache_mod.cache_root(cfg.cache_dir), self.name, lists, pipe)
+            directory = cache_mod.cache_dir(cache_mod.cache_root(cfg.cache_dir), name, lists, pipe)
             if cache_mod.read_meta(directory) is not None:
                 (train, bad_train), (test, bad_test) = (cache_mod.open_split(directory, s, getattr(lists, s), pipe)
                                                         for s in ("train", "test"))
@@ -200,11 +203,11 @@ class RealBenchmark(Benchmark):
                 return train, test, {"loader": "cache", "cache": {"dir": str(directory), "key": directory.name},
                                      "skipped": skipped}
             if cfg.cache == "require":
-                raise DataError(f"There is no decoded cache of this {self.name} split at {directory}. Build it with "
-                                f"'clbench data prepare {self.name}' and the same --data-root and --set options, "
+                raise DataError(f"There is no decoded cache of this {name} split at {directory}. Build it with "
+                                f"'clbench data prepare {name}' and the same --data-root and --set options, "
                                 f"or use --set benchmark.cache=auto to read the image files.")
             if len(lists.train) + len(lists.test) >= 5000:
-                print(f"note: reading {self.name} from the image files; 'clbench data prepare {self.name}' builds a "
+                print(f"note: reading {name} from the image files; 'clbench data prepare {name}' builds a "
                       f"decoded cache that loads several times faster.", file=sys.stderr)
         skipped: list[dict[str, str]] = []
         train_s, test_s = lists.train, lists.test
@@ -213,8 +216,8 @@ class RealBenchmark(Benchmark):
             skipped = self._handle_bad(cfg, bad, "scanning the images found")
             train_s = _drop(lists.train, {p for s, p in bad if s == "train"})
             test_s = _drop(lists.test, {p for s, p in bad if s == "test"})
-        return (ImageFileDataset(train_s.root, train_s.paths, train_s.targets, pipe, self.name),
-                ImageFileDataset(test_s.root, test_s.paths, test_s.targets, pipe, self.name),
+        return (ImageFileDataset(train_s.root, train_s.paths, train_s.targets, pipe, name),
+                ImageFileDataset(test_s.root, test_s.paths, test_s.targets, pipe, name),
                 {"loader": "files", "skipped": skipped})
 
     def _handle_bad(self, cfg: RealBenchmarkConfig, bad: list[tuple[str, str]], where: str) -> list[dict[str, str]]:
@@ -223,7 +226,8 @@ class RealBenchmark(Benchmark):
         if not cfg.skip_bad_images:
             listed = ", ".join(p for _, p in bad[:5]) + (" …" if len(bad) > 5 else "")
             raise DataError(f"{where} {len(bad)} unreadable image(s): {listed}. Replace or delete them and run "
-                            f"'clbench data prepare {self.name}' again, or --set benchmark.skip_bad_images=true to "
+                            f"'clbench data prepare {self.registered_name}' again, or --set "
+                            f"benchmark.skip_bad_images=true to "
                             f"leave them out (the run record lists them).")
         return [{"split": s, "path": p} for s, p in bad]
 
@@ -280,10 +284,11 @@ class RealBenchmark(Benchmark):
             else:
                 findings.append(Finding(True, "images", f"all {len(lists.train) + len(lists.test):,} decode"))
         pipe = self.pipeline(cfg)
-        directory = cache_mod.cache_dir(cache_mod.cache_root(cfg.cache_dir), self.name, lists, pipe)
+        directory = cache_mod.cache_dir(cache_mod.cache_root(cfg.cache_dir), self.registered_name, lists, pipe)
         meta = cache_mod.read_meta(directory)
         findings.append(Finding(True, "decoded cache", f"present at {directory} ({meta['bytes'] / 1e9:.2f} GB)" if meta else
-                                f"none for this split and resize {pipe.resize} ('clbench data prepare {self.name}' builds it)"))
+                                f"none for this split and resize {pipe.resize} "
+                                f"('clbench data prepare {self.registered_name}' builds it)"))
         return findings
 
 

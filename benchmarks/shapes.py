@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from clbench.backbones import EMBEDDED_BACKBONE
-from clbench.config import BenchmarkConfig
+from clbench.config import BenchmarkConfig, option
 from clbench.data.datasets import TensorImageDataset, random_crop_flip
 from clbench.registry import register_benchmark
 
@@ -130,11 +130,11 @@ class ShapesConfig(BenchmarkConfig):
     """Options of the embedded ``shapes`` benchmark."""
 
     n_tasks: int = 5
-    n_classes: int = 50
-    train_per_class: int = 100
-    test_per_class: int = 40
-    data_seed: int = 0  # which samples are drawn (the classes themselves never change)
-    augment: bool = True  # random crop (pad 2) and horizontal flip during training
+    n_classes: int = option(50, "number of classes (ids 0..n_classes-1)", ge=1, lt=PRETRAIN_CLASS_BASE)
+    train_per_class: int = option(100, "training images per class", ge=1)
+    test_per_class: int = option(40, "test images per class", ge=1)
+    data_seed: int = option(0, "which samples are drawn (the classes themselves never change)", ge=0)
+    augment: bool = option(True, "random crop (pad 2) and horizontal flip during training")
 
 
 @register_benchmark("shapes")

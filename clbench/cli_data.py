@@ -11,7 +11,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TransferSpeedColumn)
 from rich.table import Table
 
-from .cli import app, console, err_console, friendly
+from .cli_common import app, console, err_console, friendly
 from .errors import ConfigError, DataError
 
 data_app = typer.Typer(
@@ -29,7 +29,7 @@ CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where decode
 def real_benchmark(name: str, data_root: Path | None, set_: list[str] | None, cache_dir: Path | None = None) -> tuple[Any, Any]:
     """(benchmark instance, its resolved config): benchmark defaults, then ``--set`` values."""
     from .benchmarks.real import RealBenchmark
-    from .config import apply_values, parse_set
+    from .config import apply_values, check_options, parse_set
     from .registry import BENCHMARKS
 
     cls = BENCHMARKS.get(name)
@@ -46,7 +46,9 @@ def real_benchmark(name: str, data_root: Path | None, set_: list[str] | None, ca
         values["data_root"] = str(data_root)
     if cache_dir is not None:
         values["cache_dir"] = str(cache_dir)
-    return cls(), apply_values(cls.Config(), values, "benchmark")
+    cfg = apply_values(cls.Config(), values, "benchmark")
+    check_options(cfg, "benchmark")
+    return cls(), cfg
 
 
 def _progress(transfer: bool = False) -> Progress:

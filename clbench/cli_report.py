@@ -1,4 +1,4 @@
-"""The ``report`` and ``landscape`` commands (attached to :data:`clbench.cli.app`)."""
+"""The ``report`` and ``landscape`` commands (attached to :data:`clbench.cli_common.app`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import app, console, err_console, friendly, split_list
+from .cli_common import app, console, err_console, friendly, split_list
 from .errors import ConfigError
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .cli import app, console, friendly, parse_seeds, split_list
+from .cli_common import app, console, friendly, parse_seeds, split_list
 
 
 def _coerce_scalar(text: str) -> Any:
@@ -52,7 +52,7 @@ def sweep(
         spec.seeds = parse_seeds(seeds)
     if presets:
         spec.presets = [None if p == "default" else p for p in split_list(presets)]
-    spec.set = {**spec.set, **dict(parse_set(set_ or []))}
+    spec.set_args = {**spec.set_args, **dict(parse_set(set_ or []))}
     spec.grid = {**spec.grid, **{k: split_list(v) for k, v in parse_set(grid, "--grid")}}
     if output_dir is not None:
         spec.output_dir = str(output_dir)
@@ -61,7 +61,8 @@ def sweep(
     if workers is not None:
         spec.workers = workers
     spec.slurm = {**spec.slurm, **{k: _coerce_scalar(v) for k, v in parse_set(slurm, "--slurm")}}
-    spec.set.setdefault("engine.progress", False)
+    if "engine.progress" not in {**spec.set, **spec.set_args}:
+        spec.set_args["engine.progress"] = False
 
     jobs = expand(spec)
     runs = existing_runs(Path(spec.output_dir))

@@ -1,4 +1,4 @@
-"""Typed configuration: sections, defaults, presets and ``--set`` overrides.
+"""Typed configuration: sections, options, defaults, presets and ``--set`` overrides.
 
 A run's configuration has five sections, each a dataclass:
 
@@ -8,17 +8,22 @@ A run's configuration has five sections, each a dataclass:
 ``benchmark`` the benchmark's own options (data root, number of tasks, class order);
 ``method``    the method's own options.
 
-Values are resolved in this order, later winning: dataclass defaults, the benchmark's
-defaults, the method's defaults, the chosen preset, a ``--config`` file, ``--set`` overrides.
-Unknown keys and values of the wrong type raise :class:`~clbench.errors.ConfigError`.
+Each field is declared with :func:`option`: its default, a one-line help and, for numbers,
+its valid range (checked by :func:`check_options` when a run is resolved; listed by
+:func:`describe_options`). A subclass that only changes a field's default inherits its help
+and range. Values are resolved in this order, later winning (:mod:`clbench.resolve`):
+dataclass defaults, the benchmark's defaults, the method's defaults, the chosen preset, a
+``--config`` file, ``--set`` overrides. Unknown keys, values of the wrong type and values out
+of range raise :class:`~clbench.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError, closest
@@ -32,67 +37,195 @@ SECTIONS = ("engine", "train", "backbone", "benchmark", "method")
 RESULT_NEUTRAL_ENGINE = frozenset({"num_workers", "output_dir", "progress", "save_task_state", "checkpoint_every"})
 
 
+# ---------------------------------------------------------------------------- options
+_OPTION = "clbench_option"  # the field-metadata key of option()
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a number (each element of a tuple); a bounded float must be finite."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(b is not None for b in (self.ge, self.gt, self.le, self.lt))
+
+    def admits(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True  # None, 'auto', strings: not numbers, not bounded
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else ""
+        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else ""
+        if low and high:
+            return f"in {low}, {high}"
+        ops = [(">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)]
+        return next((f"{op} {bound}" for op, bound in ops if bound is not None), "any value")
+
+    def example(self, integer: bool) -> float:
+        """A value inside the range, for error messages."""
+        if self.ge is not None:
+            value = self.ge
+        elif self.gt is not None:
+            value = (self.gt + self.lt) / 2 if self.lt is not None and not integer else self.gt + 1
+        else:
+            value = self.le if self.le is not None else self.lt - 1 if self.lt is not None else 0
+        return int(value) if integer else float(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """What :func:`describe_options` tells about one config field."""
+
+    name: str
+    type: str  # e.g. 'float', 'int | None', "'sgd' | 'adam'"
+    default: Any
+    help: str
+    bounds: Bounds
+
+    @property
+    def range(self) -> str:
+        return str(self.bounds) if self.bounds else ""
+
+
+def option(default: Any = MISSING, help: str = "", *, ge: float | None = None, gt: float | None = None,
+           le: float | None = None, lt: float | None = None, default_factory: Any = MISSING) -> Any:
+    """A config dataclass field with a one-line ``help`` and, for numbers, a valid range
+    (``ge``/``gt``/``le``/``lt``; for tuples, each element's), e.g.
+    ``lr: float = option(0.01, "learning rate", gt=0)``."""
+    metadata = {_OPTION: (help, Bounds(ge, gt, le, lt))}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _declared(cls: type, name: str) -> tuple[str, Bounds]:
+    """The help and bounds of field ``name``: its own option(), or that of the nearest base
+    class that declares one (a subclass changing only the default keeps them)."""
+    for klass in cls.__mro__:
+        declared = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if declared is not None and _OPTION in declared.metadata:
+            return declared.metadata[_OPTION]
+    return "", Bounds()
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
+
+
+def _type_label(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_label(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        inner = f"{_type_label(args[0])}, ..." if len(args) == 2 and args[1] is Ellipsis else \
+            ", ".join(_type_label(a) for a in args)
+        return f"tuple[{inner}]"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def describe_options(cls: type) -> list[Option]:
+    """Name, type, default, help and range of every field of config class ``cls``."""
+    types_ = field_types(cls)
+    return [Option(f.name, _type_label(types_[f.name]), _default(f), *_declared(cls, f.name))
+            for f in dataclasses.fields(cls)]
+
+
+def check_options(obj: Any, prefix: str) -> None:
+    """Raise :class:`ConfigError` for the first value of dataclass ``obj`` outside its
+    option's range, naming the key (``<prefix>.<name>``), the value, the range and a fix."""
+    for f in dataclasses.fields(obj):
+        _, bounds = _declared(type(obj), f.name)
+        value = getattr(obj, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if not bounds or all(bounds.admits(v) for v in values):
+            continue
+        key = f"{prefix}.{f.name}"
+        default = _default(f)
+        defaults = default if isinstance(default, tuple) else (default,)
+        integer = all(isinstance(v, int) for v in values)
+        fix = ",".join(str(v) for v in defaults) if default not in (None, (), MISSING) and \
+            all(bounds.admits(v) for v in defaults) else str(bounds.example(integer))
+        what = f"have every value {bounds}" if isinstance(value, tuple) else f"be {bounds}"
+        raise ConfigError(f"Config key '{key}' must {what}, got {value!r}. Fix it, e.g. --set {key}={fix}.")
+
+
 @dataclass
 class EngineConfig:
     """Where and how a run executes; never changes results except through precision."""
 
-    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
-    num_workers: int | Literal["auto"] = "auto"  # data-loader workers; auto suits the machine
-    deterministic: bool = True  # deterministic kernels where PyTorch offers them
-    output_dir: str = "results"
-    progress: bool = True  # rich progress bars (off automatically when not a terminal)
-    save_task_state: Literal["auto", "always", "never"] = "auto"  # per-task adapters/heads;
-    # auto: saved when a task's state is at most 64 MB (landscapes and audits need them)
-    checkpoint_every: int = 0  # also checkpoint every N training steps within a task (0: off)
-    compile: bool = False  # torch.compile the backbone's forward (for GPU runs; results within float tolerance)
+    device: str = option("auto", "where to run: auto, cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "autocast precision; auto: bf16 on CUDA, else fp32")
+    num_workers: int | Literal["auto"] = option("auto", "data-loader worker processes; auto suits the machine", ge=0)
+    deterministic: bool = option(True, "deterministic kernels where PyTorch offers them")
+    output_dir: str = option("results", "where run directories go")
+    progress: bool = option(True, "rich progress bars (off automatically when not a terminal)")
+    save_task_state: Literal["auto", "always", "never"] = option(
+        "auto", "save per-task adapters/heads (landscapes and audits need them); auto: states up to 64 MB")
+    checkpoint_every: int = option(0, "also checkpoint every N training steps within a task (0: off)", ge=0)
+    compile: bool = option(False, "torch.compile the backbone forward (for GPU runs; results within float tolerance)")
 
 
 @dataclass
 class TrainConfig:
     """The optimisation loop; the engine applies it identically to every method."""
 
-    epochs: int = 5
-    batch_size: int = 64  # global batch size (divided over ranks under DDP)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9  # SGD only
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW only
-    weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine", "multistep", "coda-cosine"] = "constant"  # stepped per epoch
+    epochs: int = option(5, "training epochs per task", ge=0)
+    batch_size: int = option(64, "global batch size (divided over ranks under DDP)", ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = option("sgd", "optimiser")
+    lr: float = option(0.01, "learning rate", gt=0)
+    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW betas", ge=0, lt=1)
+    weight_decay: float = option(0.0, "weight decay", ge=0)
+    schedule: Literal["constant", "cosine", "multistep", "coda-cosine"] = option(
+        "constant", "learning-rate schedule, stepped per epoch")
     # coda-cosine: CODA-Prompt's lr·cos(99π·e / (200·(E−1))) (ends near 0.016·lr, not 0)
-    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1
-    first_task_epochs: int | None = None  # overrides for the first task (PyCIL 'init_*')
-    first_task_lr: float | None = None
-    first_task_milestones: tuple[int, ...] | None = None
-    grad_clip: float | None = None  # max global gradient norm; None disables clipping
-    logit_mask: Literal["seen", "current", "none"] = "seen"
+    milestones: tuple[int, ...] = option((), "multistep: epochs at which lr *= gamma", ge=0)
+    gamma: float = option(0.1, "multistep: factor applied to lr at each milestone", gt=0)
+    first_task_epochs: int | None = option(None, "epochs of the first task (PyCIL 'init_epoch'); None: epochs", ge=0)
+    first_task_lr: float | None = option(None, "learning rate of the first task (PyCIL 'init_lr'); None: lr", gt=0)
+    first_task_milestones: tuple[int, ...] | None = option(
+        None, "multistep milestones of the first task; None: milestones", ge=0)
+    grad_clip: float | None = option(None, "max global gradient norm; None disables clipping", gt=0)
+    logit_mask: Literal["seen", "current", "none"] = option("seen", "which logits the cross-entropy covers")
     # seen: CE over all classes seen so far; current: CE over the current task's classes
     # only (old and future logits masked); none: CE over every logit the method returns.
-    eval_batch_size: int = 256
-    drop_last: bool = False
+    eval_batch_size: int = option(256, "evaluation batch size", ge=1)
+    drop_last: bool = option(False, "drop the last incomplete training batch of each epoch")
 
 
 @dataclass
 class BackboneConfig:
     """The pretrained model: a full timm ``arch.tag`` (or a clbench-registered name)."""
 
-    name: str = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
-    weights: str = "auto"  # auto | none | hub | /path/to/file(.safetensors|.pth|.npz)
-    weights_sha256: str | None = None  # when set, the weights file must have this hash
-    input_norm: Literal["none", "timm"] = "none"  # none: [0,1] inputs as the references do
-    drop_path: float = 0.0
+    name: str = option("vit_base_patch16_224.augreg2_in21k_ft_in1k", "timm arch.tag or a clbench-registered backbone")
+    weights: str = option("auto", "auto | none | hub | /path/to/file(.safetensors|.pth|.npz)")
+    weights_sha256: str | None = option(None, "when set, the weights file must have this hash")
+    input_norm: Literal["none", "timm"] = option("none", "input normalisation; none: [0,1] inputs as the references do")
+    drop_path: float = option(0.0, "stochastic depth rate", ge=0, lt=1)
 
 
 @dataclass
 class BenchmarkConfig:
     """Options every benchmark has; benchmarks subclass this to add their own."""
 
-    n_tasks: int = 10
-    init_cls: int | None = None  # classes in the first task; None: same as the others
-    class_order: Literal["seeded", "natural"] = "seeded"  # seeded: RandomState(seed).permutation
-    order_seed: int | None = None  # seed of the class order; None: the run seed
+    n_tasks: int = option(10, "number of tasks", ge=1)
+    init_cls: int | None = option(None, "classes in the first task; None: same as the others", ge=1)
+    class_order: Literal["seeded", "natural"] = option(
+        "seeded", "seeded: RandomState(order seed).permutation; natural: as the benchmark lists them")
+    order_seed: int | None = option(None, "seed of the class order; None: the run seed", ge=0, lt=2**32)
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""Planning and executing runs: config resolution, validation up front, one record per run.
+"""Planning and executing runs: validation up front, one record per run.
 
-:func:`plan` resolves the configuration of every (method, seed) pair of a request and checks
-names, keys, types, the output directory and the weights before anything runs, so bad input
-fails fast and leaves no partial record. :func:`execute` runs one planned run; :func:`resume`
-continues one that was stopped, from its checkpoint.
+:func:`plan` resolves the configuration of every (method, seed) pair of a request (see
+:mod:`clbench.resolve`) and checks names, keys, types, ranges, the output directory and the
+weights before anything runs, so bad input fails fast and leaves no partial record.
+:func:`execute` runs one planned run; :func:`resume` continues one that was stopped, from
+its checkpoint.
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ from __future__ import annotations
 import dataclasses
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from rich.console import Console
 
 from .backbones import _resolve_spec, check_bundled, create_backbone
-from .config import (RESULT_NEUTRAL_ENGINE, SECTIONS, BackboneConfig, EngineConfig, RunConfig, TrainConfig, apply_values,
-                     field_types, to_plain)
+from .config import RESULT_NEUTRAL_ENGINE, BackboneConfig, RunConfig
 from .engine.checkpoint import Checkpointer, ResumePoint
 from .engine.dist import SingleProcess
 from .engine.dist import current as current_dist
@@ -29,117 +26,28 @@ from .engine.progress import ProgressReporter
 from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
 from .engine.trainer import Trainer
 from .errors import ConfigError, DataError, TrainingDiverged, WeightsError
-from .presets import Preset, find_preset
-from .records import RunRecorder, environment, ensure_writable, load_record, new_run_dir, save_state
+from .records import RunRecorder, ensure_writable, header, jsonable, load_record, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
+from .resolve import Override, PlannedRun, config_from_record, resolve
 from .weights import check_available
 
 CHECKPOINT_DIR = "checkpoint"
-Override = tuple[str, Any]  # (dotted key, value); values may be command-line strings
-
-
-@dataclass
-class PlannedRun:
-    """A fully resolved run, ready to execute."""
-
-    config: RunConfig
-    preset: Preset | None
-    overrides: list[Override] = field(default_factory=list)
-
-
-def _route(overrides: Sequence[Override], method: str, selected: Sequence[str]) -> list[tuple[str, str, Any]]:
-    """(section, key, value) for the overrides that apply to ``method``."""
-    routed = []
-    for dotted, value in overrides:
-        head, _, rest = dotted.partition(".")
-        if head in SECTIONS:
-            section, key = head, rest
-        elif head in selected or head in METHODS:
-            if head not in selected:
-                raise ConfigError(f"Override '{dotted}' targets method '{head}', which is not among --methods ({', '.join(selected)}).")
-            if head != method:
-                continue
-            sub, _, subkey = rest.partition(".")
-            section, key = (sub, subkey) if sub in SECTIONS and subkey else ("method", rest)
-        else:
-            raise ConfigError(
-                f"Unknown config section '{head}' in '{dotted}'. Use one of {', '.join(SECTIONS)} "
-                f"(e.g. train.lr=0.01), or a method name to target one method (e.g. sdlora.rank=8)."
-            )
-        if not key or "." in key:
-            raise ConfigError(f"Malformed config key '{dotted}'. Write section.key=value, e.g. train.lr=0.01.")
-        routed.append((section, key, value))
-    return routed
-
-
-def _apply(sections: dict[str, Any], items: Sequence[tuple[str, str, Any]], origin: str) -> None:
-    for section, key, value in items:
-        obj = sections[section]
-        if key not in field_types(type(obj)) and section == "method":
-            raise ConfigError(
-                f"Method '{origin}' has no option '{key}'. Its options: "
-                f"{', '.join(field_types(type(obj))) or '(none)'}. To target one method use <method>.{key}=..."
-            )
-        sections[section] = apply_values(obj, {key: value}, section)
-
-
-def _split_defaults(defaults: dict[str, Any]) -> list[tuple[str, str, Any]]:
-    items = []
-    for dotted, value in defaults.items():
-        section, _, key = dotted.partition(".")
-        if section not in SECTIONS:
-            raise ConfigError(f"Default key '{dotted}' has no valid section")
-        items.append((section, key, value))
-    return items
-
-
-def fresh_sections(method_cls: type, bench_cls: type) -> dict[str, Any]:
-    """Every config section at its dataclass defaults, keyed by section name."""
-    return {"engine": EngineConfig(), "train": TrainConfig(), "backbone": BackboneConfig(),
-            "benchmark": bench_cls.Config(), "method": method_cls.Config()}
-
-
-def run_config(method: str, benchmark: str, seed: int, preset: str | None, sections: dict[str, Any]) -> RunConfig:
-    """A :class:`RunConfig` from the sections of :func:`fresh_sections`."""
-    return RunConfig(method=method, benchmark=benchmark, seed=seed, preset=preset, engine=sections["engine"],
-                     train=sections["train"], backbone=sections["backbone"], benchmark_cfg=sections["benchmark"],
-                     method_cfg=sections["method"])
-
-
-def resolve(method: str, benchmark: str, seed: int, preset_name: str | None,
-            overrides: Sequence[Override] = (), selected: Sequence[str] | None = None) -> PlannedRun:
-    """Resolve one run's config: defaults < benchmark < method < preset < overrides."""
-    method_cls = METHODS.get(method)
-    bench_cls = BENCHMARKS.get(benchmark)
-    selected = list(selected or [method])
-    user = _route(overrides, method, selected)
-
-    # The benchmark setting (e.g. n_tasks) decides which preset variant applies.
-    probe = fresh_sections(method_cls, bench_cls)
-    _apply(probe, [i for i in _split_defaults(bench_cls.defaults) + user if i[0] == "benchmark"], method)
-    preset = find_preset(preset_name, method, benchmark, to_plain(probe["benchmark"]))
-
-    sections = fresh_sections(method_cls, bench_cls)
-    _apply(sections, _split_defaults(bench_cls.defaults), method)
-    _apply(sections, _split_defaults(method_cls.defaults), method)
-    if preset is not None:
-        _apply(sections, _split_defaults(preset.values), method)
-    _apply(sections, user, method)
-    config = run_config(method, benchmark, seed, preset.name if preset else None, sections)
-    return PlannedRun(config, preset, list(overrides))
 
 
 def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: str | None = None,
-         overrides: Sequence[Override] = (), cache: DataCache | None = None) -> list[PlannedRun]:
+         overrides: Sequence[Override] = (), cache: DataCache | None = None, *,
+         file_overrides: Sequence[Override] = ()) -> list[PlannedRun]:
     """Resolve and validate every run of a request before any of them starts.
 
-    Checks names, keys, types, devices, weights and the benchmark data (loaded into
-    ``cache``, which :func:`execute` reuses) before the first write, so bad input leaves
-    nothing behind.
+    ``overrides`` are ``--set`` values, ``file_overrides`` those of a ``--config`` file
+    (applied first). Checks names, keys, types, ranges, devices, weights and the benchmark
+    data (loaded into ``cache``, which :func:`execute` reuses) before the first write, so bad
+    input leaves nothing behind.
     """
     if not methods:
         raise ConfigError("No methods given. Pass --methods, e.g. --methods sdlora,inflora (see 'clbench list').")
-    runs = [resolve(m, benchmark, s, preset, overrides, methods) for m in methods for s in seeds]
+    runs = [resolve(m, benchmark, s, preset, overrides, methods, file_overrides=file_overrides)
+            for m in methods for s in seeds]
     for run in runs:  # every input check first, then the first write
         cfg = run.config
         resolve_precision(cfg.engine.precision, resolve_device(cfg.engine.device))
@@ -179,22 +87,6 @@ class DataCache:
         return bench, self._data[key]
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
-
-
 def build(cfg: RunConfig, cache: DataCache | None = None) -> tuple[Any, Any, Any]:
     """(benchmark data, stream, freshly built method) for a resolved config, seeded."""
     from .methods.base import StreamInfo
@@ -225,54 +117,12 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
     data, stream, method = build(cfg, cache)
     backbone = method.backbone
     device = dist.device(resolve_device(cfg.engine.device))
-    per_task, per_class = stream.test_counts()
     made = str(new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)) if dist.is_main else None
     run_dir = Path(dist.broadcast_object(made))
-    recorder = RunRecorder(run_dir, {
-        "run_id": run_dir.name,
-        "method": cfg.method, "benchmark": cfg.benchmark, "seed": cfg.seed, "preset": cfg.preset,
-        "config": cfg.to_dict(),
-        "overrides": [[k, str(v)] for k, v in run.overrides],
-        "protocol": {
-            "class_order": stream.order.tolist(), "order_id": stream.order_id(),
-            "split_id": data.split_id, "label_map_id": data.label_map_id, "data_info": _jsonable(data.info),
-            "n_classes": stream.n_classes, "n_tasks": stream.n_tasks,
-            "task_ranges": [[t.lo, t.hi] for t in stream.tasks],
-            "backbone": cfg.backbone.name, "weights": backbone.weights.to_dict(),
-            "input_norm": cfg.backbone.input_norm, "logit_mask": cfg.train.logit_mask,
-            "evaluation": "after each task; test data of all seen classes; one head over seen classes; no task id",
-        },
-        "comparable": True, "noncomparable_reasons": [],
-        "test_counts": {"per_task": per_task, "per_class": per_class},
-        "paper": run.preset.reported.to_dict() if run.preset and run.preset.reported else None,
-        "environment": environment(),
-        "engine": {**engine_summary(device, resolve_precision(cfg.engine.precision, device)),
-                   "world_size": dist.world_size},
-        "params": {"backbone": sum(p.numel() for p in backbone.parameters())},
-        "run_dir": str(run_dir),
-    }, write=dist.is_main)
+    engine_info = engine_summary(device, resolve_precision(cfg.engine.precision, device))
+    recorder = RunRecorder(run_dir, header(run, stream, data, backbone, engine_info, dist.world_size, run_dir),
+                           write=dist.is_main)
     return _train(cfg, stream, method, recorder, dist, progress, on_task, None)
-
-
-RESUME_SECTIONS = ("train.", "engine.")  # what --set may change when resuming
-
-
-def config_from_record(record: dict[str, Any], overrides: Sequence[Override] = ()) -> RunConfig:
-    """The run configuration stored in a record, with ``train.*``/``engine.*`` overrides."""
-    method_cls, bench_cls = METHODS.get(record["method"]), BENCHMARKS.get(record["benchmark"])
-    try:
-        sections = {name: apply_values(obj, record["config"][name], name)
-                    for name, obj in fresh_sections(method_cls, bench_cls).items()}
-    except ConfigError as exc:
-        raise ConfigError(f"The record's configuration does not fit this clbench version ({exc}). Resume with the "
-                          f"version that started the run (record: environment.git).") from None
-    for dotted, value in overrides:
-        section, _, key = dotted.partition(".")
-        if not dotted.startswith(RESUME_SECTIONS) or dotted == "engine.output_dir":
-            raise ConfigError(f"Cannot change '{dotted}' when resuming: only train.* and engine.* values (not "
-                              f"engine.output_dir) may change. Start a new run to change anything else.")
-        sections[section] = apply_values(sections[section], {key: value}, section)
-    return run_config(record["method"], record["benchmark"], record["seed"], record["preset"], sections)
 
 
 def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache: DataCache | None = None,
@@ -329,7 +179,7 @@ def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist
             "index": task.index, "classes": list(task.classes), "lo": task.lo, "hi": task.hi,
             "n_train": len(stream.train_data(task.index, cumulative=method.cumulative_data)),
             **result,
-            "method_log": _jsonable(method.task_log()),
+            "method_log": jsonable(method.task_log()),
             "state": save_state(run_dir, task.index, state, cfg.engine.save_task_state) if dist.is_main else None,
         }
         recorder.record["comparable"] = not method.noncomparable

@@ -30,12 +30,17 @@ import tempfile
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+import numpy as np
 import torch
 
 from . import metrics
 from .errors import OutputError
+from .statefile import split_extra
+
+if TYPE_CHECKING:
+    from .resolve import PlannedRun
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "record.json"
@@ -152,17 +157,65 @@ def git_info(path: Path) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
 
 
+def jsonable(obj: Any) -> Any:
+    """Tensors, arrays and NumPy scalars as lists and numbers; NaN as None (JSON has no NaN)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def header(run: PlannedRun, stream: Any, data: Any, backbone: Any, engine_info: dict[str, Any], world_size: int,
+           run_dir: Path) -> dict[str, Any]:
+    """The fields a run's record starts with (before any task): what was run, on which data
+    and weights, under which protocol, where and with what (see record_schema.json).
+
+    ``stream`` is the run's class-incremental stream, ``data`` the loaded benchmark data,
+    ``backbone`` the pretrained model, ``engine_info`` the device and precision in use."""
+    cfg = run.config
+    per_task, per_class = stream.test_counts()
+    return {
+        "run_id": run_dir.name,
+        "method": cfg.method, "benchmark": cfg.benchmark, "seed": cfg.seed, "preset": cfg.preset,
+        "config": cfg.to_dict(),
+        "overrides": [[k, str(v)] for k, v in run.overrides],
+        "protocol": {
+            "class_order": stream.order.tolist(), "order_id": stream.order_id(),
+            "split_id": data.split_id, "label_map_id": data.label_map_id, "data_info": jsonable(data.info),
+            "n_classes": stream.n_classes, "n_tasks": stream.n_tasks,
+            "task_ranges": [[t.lo, t.hi] for t in stream.tasks],
+            "backbone": cfg.backbone.name, "weights": backbone.weights.to_dict(),
+            "input_norm": cfg.backbone.input_norm, "logit_mask": cfg.train.logit_mask,
+            "evaluation": "after each task; test data of all seen classes; one head over seen classes; no task id",
+        },
+        "comparable": True, "noncomparable_reasons": [],
+        "test_counts": {"per_task": per_task, "per_class": per_class},
+        "paper": run.preset.reported.to_dict() if run.preset and run.preset.reported else None,
+        "environment": environment(),
+        "engine": {**engine_info, "world_size": world_size},
+        "params": {"backbone": sum(p.numel() for p in backbone.parameters())},
+        "run_dir": str(run_dir),
+    }
+
+
 def save_state(run_dir: Path, index: int, state: Mapping[str, Any], policy: str) -> dict[str, Any] | None:
     """Save a task's state as safetensors (per ``engine.save_task_state``); its record entry.
 
     Non-tensor entries (``_extra_state``) go into the file's metadata as JSON; read the file
-    back with :func:`clbench.engine.state.load_state_file`.
+    back with :func:`clbench.statefile.load_state_file`.
     """
     if policy == "never" or not state:
         return None
     from safetensors.torch import save
-
-    from .engine.state import split_extra
 
     tensors, meta = split_extra(state)
     size = sum(t.numel() * t.element_size() for t in tensors.values())

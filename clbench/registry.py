@@ -47,7 +47,9 @@ class Registry(Generic[T]):
     def register(self, name: str, description: str | None = None) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``.
 
-        The description defaults to the first line of the object's docstring.
+        The description defaults to the first line of the object's docstring. The object is
+        stamped with ``obj.registered_name = name`` where it takes attributes (classes,
+        functions), so it never needs to spell its own name again.
         """
 
         def decorator(obj: T) -> T:
@@ -58,6 +60,10 @@ class Registry(Generic[T]):
                 )
             doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
             self._entries[name] = Entry(name, obj, doc, getattr(obj, "__module__", "?"))
+            try:
+                obj.registered_name = name  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):  # frozen dataclasses, builtins: nothing to stamp
+                pass
             return obj
 
         return decorator

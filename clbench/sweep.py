@@ -53,12 +53,13 @@ class SweepSpec:
     benchmarks: list[str] = field(default_factory=lambda: ["shapes"])
     seeds: list[int] = field(default_factory=lambda: [1993])
     presets: list[str | None] = field(default_factory=lambda: [None])  # None: the pair's default
-    set: dict[str, Any] = field(default_factory=dict)  # dotted overrides for every run
+    set: dict[str, Any] = field(default_factory=dict)  # dotted overrides for every run (the file's 'set:')
     grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted key -> values to cross
     output_dir: str = "results"
     executor: str = "local"
     workers: int | None = None  # local: processes at once (default: GPUs, or 1); slurm: array parallelism
     slurm: dict[str, Any] = field(default_factory=dict)  # submitit parameters, e.g. slurm_partition
+    set_args: dict[str, Any] = field(default_factory=dict)  # command-line --set values, applied after 'set'
 
     @classmethod
     def from_file(cls, path: Path) -> SweepSpec:
@@ -71,7 +72,7 @@ class SweepSpec:
             raise ConfigError(f"Cannot read sweep file {path}: {exc}.") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"Sweep file {path} must hold a mapping (methods:, seeds:, ...).")
-        known = set(cls.__dataclass_fields__)
+        known = set(cls.__dataclass_fields__) - {"set_args"}
         unknown = sorted(set(tree) - known)
         if unknown:
             raise ConfigError(f"Unknown keys {unknown} in sweep file {path}. Valid keys: {', '.join(sorted(known))}.")
@@ -108,6 +109,7 @@ class Job:
     output_dir: str
     key: str
     grid: tuple[tuple[str, Any], ...] = ()  # the grid values of this run (for its label)
+    file_overrides: tuple[tuple[str, Any], ...] = ()  # the sweep file's values (applied before overrides)
 
     @property
     def label(self) -> str:
@@ -116,12 +118,14 @@ class Job:
                 + (f" {extra}" if extra else ""))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "overrides": [list(o) for o in self.overrides], "grid": [list(g) for g in self.grid]}
+        return {**asdict(self), "overrides": [list(o) for o in self.overrides], "grid": [list(g) for g in self.grid],
+                "file_overrides": [list(o) for o in self.file_overrides]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         return cls(**{**d, "overrides": tuple(tuple(o) for o in d["overrides"]),
-                      "grid": tuple(tuple(g) for g in d.get("grid", ()))})
+                      "grid": tuple(tuple(g) for g in d.get("grid", ())),
+                      "file_overrides": tuple(tuple(o) for o in d.get("file_overrides", ()))})
 
 
 def run_key(method: str, benchmark: str, seed: int, preset: str | None, config: dict[str, Any]) -> str:
@@ -143,19 +147,21 @@ def expand(spec: SweepSpec) -> list[Job]:
     spec.validate()
     grid_keys = list(spec.grid)
     jobs, seen = [], set()
+    from_file = list(spec.set.items())
     for benchmark, preset, values in itertools.product(spec.benchmarks, spec.presets,
                                                        itertools.product(*spec.grid.values())):
-        overrides = [*spec.set.items(), *zip(grid_keys, values), ("engine.output_dir", spec.output_dir)]
-        for run in plan(spec.methods, benchmark, spec.seeds, preset, overrides):
+        overrides = [*spec.set_args.items(), *zip(grid_keys, values), ("engine.output_dir", spec.output_dir)]
+        for run in plan(spec.methods, benchmark, spec.seeds, preset, overrides, file_overrides=from_file):
             cfg = run.config
-            # a job re-plans its one method: keep the overrides that target it or no method
-            own = tuple((k, v) for k, v in overrides if k.partition(".")[0] not in set(spec.methods) - {cfg.method})
+            others = set(spec.methods) - {cfg.method}  # a job re-plans its one method: drop keys of the others
+            own, own_file = (tuple((k, v) for k, v in items if k.partition(".")[0] not in others)
+                             for items in (overrides, from_file))
             key = run_key(cfg.method, cfg.benchmark, cfg.seed, cfg.preset, to_plain(cfg.to_dict()))
             if key in seen:
                 continue  # e.g. a preset that resolves like the default
             seen.add(key)
             jobs.append(Job(cfg.method, cfg.benchmark, cfg.seed, preset, own, spec.output_dir, key,
-                            tuple(zip(grid_keys, values))))
+                            tuple(zip(grid_keys, values)), own_file))
     return jobs
 
 
@@ -279,7 +285,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             record = resume(run_dir, reporter, on_task=claim.refresh)
             status = "resumed"
         else:
-            (planned,) = plan([j.method], j.benchmark, [j.seed], j.preset, list(j.overrides))
+            (planned,) = plan([j.method], j.benchmark, [j.seed], j.preset, list(j.overrides),
+                              file_overrides=list(j.file_overrides))
             record = execute(planned, reporter, on_task=claim.refresh)
             status = "complete"
         metrics = record.get("metrics") or {}

@@ -101,7 +101,7 @@ def run_config(method: Any, train: Mapping[str, Any] | None = None, seed: int = 
                engine: Mapping[str, Any] | None = None) -> RunConfig:
     """A run configuration for ``method``: its own ``train.*`` defaults, then ``train``."""
     values = {k.split(".", 1)[1]: v for k, v in type(method).defaults.items() if k.startswith("train.")}
-    return RunConfig(method=getattr(type(method), "registered_name", type(method).__name__), benchmark="tensors",
+    return RunConfig(method=type(method).registered_name or type(method).__name__, benchmark="tensors",
                      seed=seed, preset=None,
                      engine=apply_values(EngineConfig(device="cpu", progress=False), dict(engine or {}), "engine"),
                      train=apply_values(TrainConfig(), {**values, **(train or {})}, "train"),

@@ -136,6 +136,8 @@ class CLMethod(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     #: Train task t on the data of tasks 0..t (the joint upper bound) instead of task t only.
     cumulative_data: ClassVar[bool] = False
+    #: The name it is registered under (set by :func:`~clbench.registry.register_method`).
+    registered_name: ClassVar[str] = ""
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone, info: StreamInfo):
         super().__init__()

@@ -59,7 +59,7 @@ class DualPrompt(PromptMethod):
         self.keys = uniform_((cfg.pool_size, d))
         self.selection = SelectionLog(cfg.pool_size, info.n_tasks)
         self.prefix_hooks = KVPrefixes(backbone, blocks=(*cfg.g_layers, *cfg.e_layers))
-        self.flag_noncomparable("dualprompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
+        self.flag_noncomparable(cfg.batchwise_prompt, cfg.prefix_reshape_bug)
         self._slot: int | None = None  # the training task's E-prompt entry
 
     def before_task(self, ctx) -> None:

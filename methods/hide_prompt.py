@@ -137,7 +137,7 @@ class HiDePrompt(PromptMethod):
         self.selection = SelectionLog(info.n_tasks, info.n_tasks)
         self.selection_name = "tii"
         self.prefix_hooks = KVPrefixes(backbone, blocks=cfg.layers)
-        self.flag_noncomparable("hide-prompt", cfg.batchwise_prompt, cfg.prefix_reshape_bug)
+        self.flag_noncomparable(cfg.batchwise_prompt, cfg.prefix_reshape_bug)
         self._task = 0
         self._prototypes: Tensor | None = None
 

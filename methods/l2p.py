@@ -56,7 +56,7 @@ class L2P(PromptMethod):
         self.keys = uniform_((cfg.pool_size, d))
         self.selection = SelectionLog(cfg.pool_size)
         self.token_hooks = PromptTokens(backbone)
-        self.flag_noncomparable("l2p", cfg.batchwise_prompt)
+        self.flag_noncomparable(cfg.batchwise_prompt)
         self._forced: Tensor | None = None  # training slots under prompt_mask
 
     def _task_slots(self, t: int) -> tuple[int, int] | None:

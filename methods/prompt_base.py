@@ -46,8 +46,9 @@ class PromptMethod(CLMethod):
         self.selection: SelectionLog | None = None
         self.selection_name = "selection"
 
-    def flag_noncomparable(self, name: str, batchwise: bool, reshape_bug: bool = False) -> None:
+    def flag_noncomparable(self, batchwise: bool, reshape_bug: bool = False) -> None:
         """Record why a run with compatibility flags must not be compared (see the record)."""
+        name = self.registered_name or type(self).__name__
         if batchwise:
             self.noncomparable.append(BATCH_VOTE_REASON.format(method=name))
         if reshape_bug:

@@ -6,8 +6,9 @@ import pytest
 
 from clbench.config import TrainConfig, apply_values, coerce, flatten, parse_set
 from clbench.errors import ConfigError, RegistryError
-from clbench.experiment import plan, resolve
+from clbench.experiment import plan
 from clbench.presets import PRESETS, Preset, Reported
+from clbench.resolve import resolve
 
 
 @pytest.mark.parametrize("value, tp, expected", [

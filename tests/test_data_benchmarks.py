@@ -198,7 +198,7 @@ def test_aper_presplit_sets(tmp_path, cache_dir, name, dirname, n_tasks):
 
 
 def test_benchmark_defaults_are_the_sdlora_protocol():
-    from clbench.experiment import resolve
+    from clbench.resolve import resolve
 
     cfg = resolve("simplecil", "imagenet_r", 7, None).config
     assert cfg.backbone.name == "vit_base_patch16_224.augreg2_in21k_ft_in1k" and cfg.backbone.input_norm == "none"

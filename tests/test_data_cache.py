@@ -8,7 +8,7 @@ import torch
 
 import fake_formats as ff
 from clbench.data import cache as cache_mod
-from clbench.engine.state import load_state_file
+from clbench.statefile import load_state_file
 from clbench.errors import DataError
 from clbench.experiment import DataCache, execute, plan
 

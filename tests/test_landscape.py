@@ -13,7 +13,8 @@ from torch import nn
 from clbench.errors import ConfigError, DataError
 from clbench.experiment import DataCache, execute, plan
 from clbench.report import landscape as ls
-from clbench.report.landscape_run import compute, config_from_record, save
+from clbench.report.landscape_run import compute, save
+from clbench.resolve import config_from_record
 
 
 class Toy(nn.Module):
@@ -126,7 +127,7 @@ def test_config_from_record_reproduces_the_resolved_config(runs):
     rec = runs["lora"]
     cfg = config_from_record(rec)
     assert cfg.to_dict() == rec["config"] and cfg.method == "lora" and cfg.seed == 1993
-    assert config_from_record(rec, device="cpu").engine.device == "cpu"
+    assert config_from_record(rec, [("engine.device", "cpu")]).engine.device == "cpu"
 
 
 def test_lora_endpoints_reproduce_the_recorded_accuracy_and_the_plane_is_saved(runs, tmp_path):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from clbench import metrics
-from clbench.engine.state import load_state_file, restore_state
+from clbench.engine.state import restore_state
 from clbench.engine.trainer import Trainer
 from clbench.experiment import DataCache, build, execute, plan
 from clbench.records import SCHEMA_PATH, load_record
+from clbench.statefile import load_state_file
 from clbench.registry import METHODS
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())

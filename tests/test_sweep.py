@@ -25,7 +25,9 @@ def test_spec_file_grid_and_run_keys(tmp_path):
     spec.output_dir = str(tmp_path / "out")
     jobs = expand(spec)
     assert len(jobs) == 2 * 2 * 2 and len({j.key for j in jobs}) == 8
-    assert all(("lora.rank", 2) not in j.overrides for j in jobs if j.method == "finetune")  # re-plannable alone
+    # re-plannable alone: the file's values travel as file values, those of other methods stay behind
+    assert all(("lora.rank", 2) in j.file_overrides for j in jobs if j.method == "lora")
+    assert all(("lora.rank", 2) not in j.overrides + j.file_overrides for j in jobs if j.method == "finetune")
     assert {j.label for j in jobs} >= {"lora on shapes s1 train.lr=0.01", "finetune on shapes s2 train.lr=0.1"}
     # engine values that do not change results leave the run key alone; others change it
     spec.set.update({"engine.num_workers": 3, "engine.checkpoint_every": 5, "engine.progress": False})

@@ -13,16 +13,13 @@ reproduces that instance's predictions after task ``t``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 EXTRA = "_extra_state"
-_META_PREFIX = "extra:"
 
 
 def restore_state(module: nn.Module, state: Mapping[str, Any], omitted: tuple[str, ...] = ("backbone.",)) -> None:
@@ -51,27 +48,3 @@ def restore_state(module: nn.Module, state: Mapping[str, Any], omitted: tuple[st
     if missing or unexpected:
         raise KeyError(f"state does not fit {type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
-
-def split_extra(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors, and JSON strings for the non-tensor (extra-state) entries."""
-    tensors, meta = {}, {}
-    for key, value in state.items():
-        if torch.is_tensor(value):
-            tensors[key] = value.detach().to("cpu").contiguous().clone()
-        else:
-            meta[_META_PREFIX + key] = json.dumps(value)
-    return tensors, meta
-
-
-def load_state_file(path: str | Path) -> dict[str, Any]:
-    """Read a state saved by :func:`clbench.records.save_state` (tensors + extra states)."""
-    from safetensors import safe_open
-
-    state: dict[str, Any] = {}
-    with safe_open(str(path), framework="pt") as fh:
-        for key in fh.keys():
-            state[key] = fh.get_tensor(key)
-        for key, value in (fh.metadata() or {}).items():
-            if key.startswith(_META_PREFIX):
-                state[key[len(_META_PREFIX):]] = json.loads(value)
-    return state

@@ -23,28 +23,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..config import BackboneConfig, EngineConfig, RunConfig, TrainConfig, apply_values
+from ..config import RunConfig
 from ..engine.progress import ProgressReporter
-from ..engine.state import load_state_file, restore_state
+from ..engine.state import restore_state
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, DataError
 from ..records import load_record
-from ..registry import BENCHMARKS, METHODS
+from ..resolve import config_from_record
+from ..statefile import load_state_file
 from . import landscape as ls
-
-
-def config_from_record(record: dict[str, Any], **engine: Any) -> RunConfig:
-    """The :class:`RunConfig` a record was run with (``engine`` values override, e.g. device)."""
-    cfg = record["config"]
-    method_cls, bench_cls = METHODS.get(record["method"]), BENCHMARKS.get(record["benchmark"])
-    return RunConfig(
-        method=record["method"], benchmark=record["benchmark"], seed=int(record["seed"]), preset=record.get("preset"),
-        engine=apply_values(EngineConfig(), {**cfg["engine"], **engine}, "engine"),
-        train=apply_values(TrainConfig(), cfg["train"], "train"),
-        backbone=apply_values(BackboneConfig(), cfg["backbone"], "backbone"),
-        benchmark_cfg=apply_values(bench_cls.Config(), cfg["benchmark"], "benchmark"),
-        method_cfg=apply_values(method_cls.Config(), cfg["method"], "method"),
-    )
 
 
 class EvalPass:
@@ -207,7 +194,8 @@ def compute(run_dir: Path, line: tuple[int, int] | None = (0, 1), plane: tuple[i
     if not needed:
         raise ConfigError("Nothing to compute: give --tasks and/or --plane.")
     _check_tasks(record, run_dir, needed)
-    cfg = config_from_record(record, device=device, progress=False)
+    cfg = config_from_record(record, [("engine.device", device), ("engine.progress", False)],
+                             changeable=("engine.",))
     ctx = {"cfg": cfg, "record": record, "run_dir": run_dir, "cache": DataCache(), "grown": grown, "snapshots": {}}
     passes = [p for p in (line, plane) if p is not None]
     for t in sorted({t for p in passes for t in p if t != max(p)}):  # each scan reads its target live
