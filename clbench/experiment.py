@@ -131,7 +131,10 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     checkpoint (see :mod:`clbench.engine.checkpoint`), in the same run directory.
 
     ``overrides`` may change ``train.*`` and ``engine.*`` values (e.g. a lower learning rate
-    after a divergence); a changed training value marks the run non-comparable."""
+    after a divergence); a changed training value marks the run non-comparable and restarts
+    the unfinished task from its beginning (the last task boundary): the progress made within
+    it belongs to the old values (weights on their way to a divergence, optimiser moments, the
+    schedule) and would mix two settings in one task."""
     run_dir = Path(run_dir)
     try:
         record = load_record(run_dir)
@@ -152,12 +155,16 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     if method.backbone.weights.to_dict() != protocol["weights"]:
         raise WeightsError(f"The backbone weights differ from those the run started with "
                            f"({protocol['weights']}). Resume with the same weights file, or start a new run.")
-    point = Checkpointer(run_dir / CHECKPOINT_DIR, dist=dist).load()
+    checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, dist=dist)
+    point = checkpoints.load()
     if point.tasks_done > len(record["tasks"]):
         raise ConfigError(f"The checkpoint in {run_dir} is ahead of its record ({point.tasks_done} tasks vs "
                           f"{len(record['tasks'])}); the record was not written. Start a new run.")
     if changed:
         method.noncomparable.append(f"resumed after task {point.tasks_done} with changed settings: {', '.join(changed)}")
+    if point.step is not None and any(k.startswith("train.") for k, _ in overrides):
+        point.step = None  # the unfinished task restarts with the new training values
+        checkpoints.drop_step()
     recorder = RunRecorder.reopen(run_dir, record, point.tasks_done,
                                   {**point.describe(), "overrides": [[k, str(v)] for k, v in overrides],
                                    "world_size": dist.world_size, "hostname": socket.gethostname()},

@@ -153,3 +153,36 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
         resume(tmp_path, overrides=[("benchmark.n_tasks", 2)])
     (tmp_path / "record.json").write_text(json.dumps({**record, "status": "complete"}))
     assert resume(tmp_path)["status"] == "complete"  # nothing to do
+
+
+@pytest.mark.slow
+def test_resume_with_new_training_values_restarts_the_unfinished_task(tmp_path, monkeypatch):
+    """The documented recovery after a divergence: --resume DIR --set train.lr=<lower> runs the
+    unfinished task again from its start with the new value (a step checkpoint within it
+    holds weights and optimiser moments of the old value), so the result equals a run that
+    used the new value for that task from the start."""
+    base = TWO_TASKS + [("train.epochs", 2), ("benchmark.n_classes", 4), ("benchmark.n_tasks", 2)]
+    (planned,) = plan(["lora"], "shapes", [1993], None, base + [("train.first_task_lr", 0.05), ("train.lr", 0.01),
+                                                                  ("engine.output_dir", str(tmp_path / "ref"))])
+    reference = execute(planned)
+    calls = {"n": 0}
+    original = Loop.step
+
+    def crash(loop, spec, *args):
+        if spec.task_index == 1:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise Crash
+        return original(loop, spec, *args)
+
+    monkeypatch.setattr(Loop, "step", crash)
+    (planned,) = plan(["lora"], "shapes", [1993], None, base + [("train.lr", 0.05), ("engine.checkpoint_every", 1),
+                                                                  ("engine.output_dir", str(tmp_path / "run"))])
+    with pytest.raises(Crash):
+        execute(planned)
+    monkeypatch.undo()
+    run_dir = next((tmp_path / "run" / "shapes" / "lora").iterdir())
+    assert (run_dir / "checkpoint" / "step.pt").exists()
+    record = resume(run_dir, overrides=[("train.lr", 0.01)])
+    assert record["resumes"][0]["within_task"] is None and not record["comparable"]
+    _same_results(record, reference)
