@@ -59,3 +59,25 @@ class Prototypes(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=-1) @ F.normalize(self.means, dim=-1).t()
+
+
+class CosineLinear(nn.Module):
+    """``σ · cos(x, w_c)`` over ``out_features`` classes: inputs and weight rows L2-normalised,
+    one scale σ (learnable when ``learn_sigma``, initialised to 1), weights U(−1/√d, 1/√d).
+
+    The cosine head the pretrained-model baselines (APER, RanPAC, EASE, MOS) train their
+    first-session adapters with, and the form of their prototype classifiers.
+    """
+
+    def __init__(self, in_features: int, out_features: int, learn_sigma: bool = True):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.sigma = nn.Parameter(torch.ones(()), requires_grad=learn_sigma)
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.sigma * (F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).t())

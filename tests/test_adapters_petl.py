@@ -143,3 +143,18 @@ def test_injections_name_their_modules_and_refuse_a_backbone_without_them():
     del bb.vit.blocks[1].mlp.fc1
     with pytest.raises(ConfigError, match="SSF cannot attach to backbone 'tiny'.*vit.blocks.1.mlp.fc1"):
         SSF(bb)
+
+
+def test_cosine_head_is_sigma_times_the_cosine_and_ignores_row_norms():
+    from clbench.heads import CosineLinear
+
+    head = CosineLinear(8, 3)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        head.sigma.fill_(2.5)
+    expected = 2.5 * torch.nn.functional.cosine_similarity(x[:, None], head.weight[None], dim=-1)
+    torch.testing.assert_close(head(x), expected)
+    with torch.no_grad():
+        head.weight[1] *= 7  # a class's row norm does not change its score
+    torch.testing.assert_close(head(x), expected)
+    assert CosineLinear(8, 3, learn_sigma=False).sigma.requires_grad is False
