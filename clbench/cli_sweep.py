@@ -78,7 +78,8 @@ def sweep(
             table.add_row(job.label, job.key, action)
         console.print(table)
         return
-    outcomes, sweep_dir = run_sweep(spec, jobs, wait=wait, runs=runs)
+    outcomes, sweep_dir = run_sweep(spec, jobs, wait=wait, runs=runs,
+                                    show=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
     console.print(outcome_table(outcomes))
     failed = [o for o in outcomes if o["status"] in ("failed", "interrupted", "not started", "busy")]
     for o in failed:

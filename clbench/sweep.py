@@ -16,7 +16,9 @@ Before a run starts, its worker claims the key (an exclusive file under
 ``<output_dir>/.claims/``), then: a complete record with that key under the output directory
 means the run is skipped; a record that is not complete (killed, interrupted, failed) is
 resumed from its checkpoint; otherwise the run starts. Claims make concurrent sweeps over the
-same directory run each run once. Failures are collected and reported at the end.
+same directory run each run once. Failures are collected and reported at the end. Each run's
+output goes to its log (one line per epoch, see :mod:`clbench.engine.progress`); the sweep
+prints each finished run with its own elapsed time and ETA (:class:`SweepProgress`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,7 +276,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     start = time.time()
     outcome: dict[str, Any] = {"job": j.to_dict(), "label": j.label, "run_dir": None, "error": None}
     claim = Claim(Path(j.output_dir), j.key)
-    reporter = ProgressReporter(enabled=False)
+    reporter = ProgressReporter(enabled=True, lines=True)  # a log file: one line per epoch
     try:
         if not claim.acquire():
             return {**outcome, "status": "busy", "error": "another process is running it (claim held)"}
@@ -321,15 +323,51 @@ class SweepWorker:
 
 
 # ---------------------------------------------------------------------------- executors
+Finished = Callable[[dict[str, Any]], None]
+
+
+class SweepProgress:
+    """Says, as each run of a sweep finishes, how it ended and when the sweep will (its ETA:
+    the runs left at the pace of those finished, which already counts the parallel workers)."""
+
+    def __init__(self, total: int, show: Callable[[str], None] = print):
+        self.total, self.done, self.show = total, 0, show
+        self.start = time.time()
+
+    def line(self, outcome: dict[str, Any]) -> str:
+        from .engine.progress import duration, eta
+
+        elapsed = time.time() - self.start
+        acc = outcome.get("acc")
+        parts = [f"[{self.done}/{self.total}] {outcome['label']}: {outcome['status']}"]
+        if acc is not None:
+            parts.append(f"Acc {acc:.2f}")
+        if outcome.get("seconds") is not None:
+            parts.append(f"{duration(outcome['seconds'])}")
+        parts.append(f"sweep {duration(elapsed)} ETA {duration(eta(elapsed, self.done / max(1, self.total)))}")
+        return " · ".join(parts)
+
+    def __call__(self, outcome: dict[str, Any]) -> None:
+        self.done += 1
+        self.show(self.line(outcome))
+
+
 def _failed(job: Job, message: str) -> dict[str, Any]:
     return {"job": job.to_dict(), "label": job.label, "status": "failed", "run_dir": None, "error": message}
 
 
-def run_inline(jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    return [run_job(j.to_dict()) for j in jobs]
+def _told(outcome: dict[str, Any], finished: Finished | None) -> dict[str, Any]:
+    if finished is not None:
+        finished(outcome)
+    return outcome
 
 
-def run_local(jobs: Sequence[Job], workers: int, sweep_dir: Path, poll_s: float = 0.2) -> list[dict[str, Any]]:
+def run_inline(jobs: Sequence[Job], finished: Finished | None = None) -> list[dict[str, Any]]:
+    return [_told(run_job(j.to_dict()), finished) for j in jobs]
+
+
+def run_local(jobs: Sequence[Job], workers: int, sweep_dir: Path, poll_s: float = 0.2,
+              finished: Finished | None = None) -> list[dict[str, Any]]:
     """Run jobs in at most ``workers`` processes at once (``python -m clbench.sweep``); each
     job's output goes to ``<sweep_dir>/logs/``. Ctrl-C stops the running jobs cleanly (they
     checkpoint) and starts no more."""
@@ -365,7 +403,7 @@ def run_local(jobs: Sequence[Job], workers: int, sweep_dir: Path, poll_s: float 
                 proc, job, out_file, log, slot = running.pop(i)
                 log.close()
                 free_slots.append(slot)
-                outcomes[i] = _read_outcome(job, out_file, proc.returncode, logs / f"job-{i:04d}.log")
+                outcomes[i] = _told(_read_outcome(job, out_file, proc.returncode, logs / f"job-{i:04d}.log"), finished)
             if stopping and not running:
                 break
             time.sleep(poll_s)
@@ -404,7 +442,7 @@ def _visible_gpus() -> list[str]:
 
 
 def run_submitit(jobs: Sequence[Job], sweep_dir: Path, cluster: str, params: dict[str, Any],
-                 workers: int | None, wait: bool = True) -> list[dict[str, Any]]:
+                 workers: int | None, wait: bool = True, finished: Finished | None = None) -> list[dict[str, Any]]:
     """Submit the jobs as one submitit job array (``cluster``: 'slurm' or 'local') and collect
     their outcomes (or, with ``wait=False``, report them as submitted)."""
     try:
@@ -431,17 +469,19 @@ def run_submitit(jobs: Sequence[Job], sweep_dir: Path, cluster: str, params: dic
     outcomes = []
     for job, handle in zip(jobs, submitted):
         try:
-            outcomes.append(handle.result())
+            outcomes.append(_told(handle.result(), finished))
         except Exception as exc:  # noqa: BLE001 - the job died (node failure, timeout, OOM)
-            outcomes.append(_failed(job, f"submitit job {handle.job_id}: {str(exc)[-1500:]}"))
+            outcomes.append(_told(_failed(job, f"submitit job {handle.job_id}: {str(exc)[-1500:]}"), finished))
     return outcomes
 
 
 def run_sweep(spec: SweepSpec, jobs: Sequence[Job], wait: bool = True,
-              runs: dict[str, list[tuple[Path, dict[str, Any]]]] | None = None) -> tuple[list[dict[str, Any]], Path]:
+              runs: dict[str, list[tuple[Path, dict[str, Any]]]] | None = None,
+              show: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], Path]:
     """Run ``jobs`` on the spec's executor, skipping runs whose complete record exists (in
     ``runs``, from :func:`existing_runs`; scanned when not given); the outcomes in job order
-    (also written to ``<output_dir>/.sweeps/<id>/outcomes.json``)."""
+    (also written to ``<output_dir>/.sweeps/<id>/outcomes.json``). ``show`` receives a line
+    per finished run with the sweep's ETA."""
     from .records import atomic_write_json, ensure_writable
 
     output = Path(spec.output_dir)
@@ -461,15 +501,16 @@ def run_sweep(spec: SweepSpec, jobs: Sequence[Job], wait: bool = True,
             todo.append((i, job))
     pending = [job for _, job in todo]
     workers = spec.workers or max(1, len(_visible_gpus()))
+    finished = SweepProgress(len(pending), show) if show is not None else None
     if not pending:
         results = []
     elif spec.executor == "inline":
-        results = run_inline(pending)
+        results = run_inline(pending, finished)
     elif spec.executor == "local":
-        results = run_local(pending, workers, sweep_dir)
+        results = run_local(pending, workers, sweep_dir, finished=finished)
     else:
         cluster = "slurm" if spec.executor == "slurm" else "local"
-        results = run_submitit(pending, sweep_dir, cluster, spec.slurm, spec.workers, wait)
+        results = run_submitit(pending, sweep_dir, cluster, spec.slurm, spec.workers, wait, finished)
     outcomes.update({i: result for (i, _), result in zip(todo, results)})
     ordered = [outcomes[i] for i in sorted(outcomes)]
     atomic_write_json(sweep_dir / "outcomes.json", ordered)

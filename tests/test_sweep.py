@@ -3,13 +3,14 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from clbench.sweep import Claim, Job, SweepSpec, expand, run_job, run_sweep
+from clbench.sweep import Claim, Job, SweepProgress, SweepSpec, expand, run_job, run_sweep
 
 from conftest import TINY
 
@@ -84,7 +85,12 @@ def test_local_pool_runs_skips_resumes_and_reports_failures(tmp_path):
     outcomes = json.loads(next((tmp_path / ".sweeps").glob("*/outcomes.json")).read_text())
     assert [o["status"] for o in outcomes] == ["complete", "failed"]
     assert "loss became" in outcomes[1]["error"] and "failed: finetune on shapes s1993 train.lr=1e12" in first.stdout
-    assert len(list((tmp_path / ".sweeps").glob("*/logs/job-000[01].log"))) == 2  # each run's output
+    logs = sorted((tmp_path / ".sweeps").glob("*/logs/job-000[01].log"))
+    assert len(logs) == 2  # each run's output, an epoch per line
+    assert re.search(r"^task 1/2 train · epoch 1/1 · loss \d+\.\d{4} · lr 0\.01 · .* run \S+ ETA \S+$",
+                     logs[0].read_text(), re.M)
+    finished = re.findall(r"^\[(\d)/2\] finetune on shapes .*: (complete|failed) · .*sweep \S+ ETA \S+$", first.stdout, re.M)
+    assert sorted(finished) == [("1", finished[0][1]), ("2", finished[1][1])]  # each run as it finished
 
     again = _sweep(*args)
     assert again.returncode == 1 and "(0 to start, 1 to resume, 1 complete already)" in again.stdout
@@ -111,3 +117,15 @@ def test_submitit_local_executor(tmp_path):
 def test_job_round_trips_through_json():
     job = Job("lora", "shapes", 1, None, (("train.lr", 0.1), ("lora.rank", 2)), "out", "abc", (("train.lr", 0.1),))
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+def test_sweep_progress_prints_each_finished_run_with_the_sweeps_eta(monkeypatch):
+    shown, now = [], [1000.0]
+    monkeypatch.setattr("clbench.sweep.time.time", lambda: now[0])
+    progress = SweepProgress(4, shown.append)
+    now[0] += 60
+    progress({"label": "lora on shapes s1", "status": "complete", "acc": 81.234, "seconds": 55})
+    now[0] += 60
+    progress({"label": "lora on shapes s2", "status": "failed", "acc": None, "seconds": 50})
+    assert shown == ["[1/4] lora on shapes s1: complete · Acc 81.23 · 0:55 · sweep 1:00 ETA 3:00",
+                     "[2/4] lora on shapes s2: failed · 0:50 · sweep 2:00 ETA 2:00"]

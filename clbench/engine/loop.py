@@ -4,8 +4,10 @@
 one rule per epoch (:func:`~clbench.engine.optim.set_group_lrs`), runs the epochs (autocast,
 backward, DDP gradient averaging, the method's step hooks, clipping, optimiser step), keeps
 the loss sums on the device and syncs them to the host every ``SYNC_EVERY`` steps
-(divergence check, progress), checkpoints every ``checkpoint_every`` steps and on a stop
-request, and resumes from a :class:`LoopPosition` at any batch.
+(divergence check, the loss beside the bar) and at each epoch's end (the epoch's line, the
+loggers' buffered per-step values), checkpoints every ``checkpoint_every`` steps and on a
+stop request, and resumes from a :class:`LoopPosition` at any batch. The progress bar
+advances every step: counting steps needs nothing from the device.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import operator
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,10 +29,17 @@ from ..errors import TrainingDiverged
 from .runtime import rng_state, set_rng_state
 from .dist import SingleProcess
 from .optim import build_optimizer, lr_factor, set_group_lrs
-from .progress import ProgressReporter
+from .progress import EpochStats, ProgressReporter
 
 SYNC_EVERY = 20  # steps between host syncs (loss display, NaN check); avoids a sync per step
 Batch = tuple[Tensor, ...]
+
+
+def _batch_size(batch: Batch) -> int:
+    """Images in a batch, from its first tensor's shape (no sync); 0 when it has none."""
+    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    shape = getattr(first, "shape", ())
+    return int(shape[0]) if len(shape) else 0
 
 
 @dataclass
@@ -168,6 +178,7 @@ class Loop:
         self.autocast = autocast
         self.checkpoint_every = checkpoint_every
         self.checkpoint: LoopCheckpoint | None = None
+        self.loggers: Any = None  # a RunLoggers (engine.loggers) buffering per-step values
 
     def optimise(self, spec: LoopSpec, hooks: StepHooks, checkpoint: LoopCheckpoint | None = None,
                  position: LoopPosition | None = None, optimizer_state: dict[str, Any] | None = None) -> LoopResult:
@@ -185,6 +196,7 @@ class Loop:
         world = self.dist.world_size
         check_stop_every = 1 if world == 1 else SYNC_EVERY  # agreeing on a stop is a collective
         bar, shown = None, pos.steps
+        loop_start, epochs_run = time.perf_counter(), 0
         try:
             for epoch in range(pos.epoch, spec.epochs):
                 cfg = spec.train
@@ -195,14 +207,22 @@ class Loop:
                     bar = self._bar(spec, batches)
                     self.progress.advance(bar, pos.steps)
                 self.stop.in_loop = True
+                epoch_start, epoch_steps, images = time.perf_counter(), pos.steps, 0
+                epoch_sum = pos.sums.get("loss", torch.zeros(())).clone()
                 for batch in batches:
                     terms = self.step(spec, hooks, optimizer, params, batch)
                     pos.steps += 1
                     pos.batch += 1
+                    images += _batch_size(batch)
                     for key, value in terms.items():
                         pos.sums[key] = pos.sums.get(key, 0) + value.detach().float()
+                    if self.loggers is not None:
+                        self.loggers.step(spec.name, terms["loss"])
                     if pos.steps % SYNC_EVERY == 0:
                         shown = self._check(spec, guard, pos, shown, bar)
+                    else:
+                        self.progress.advance(bar)
+                        shown += 1
                     if self.checkpoint_every and pos.steps % self.checkpoint_every == 0:
                         self._save(spec, guard, optimizer, pos)
                     if pos.steps % check_stop_every == 0 and self.dist.any(self.stop.requested):
@@ -210,6 +230,9 @@ class Loop:
                         raise KeyboardInterrupt(f"stopped in task {spec.task_index + 1} ({spec.name}) after step {pos.steps}")
                 self.stop.in_loop = False
                 shown = self._check(spec, guard, pos, shown, bar)
+                epochs_run += 1
+                self._epoch_done(spec, optimizer, pos, epoch_sum, pos.steps - epoch_steps, images,
+                                 time.perf_counter() - epoch_start, time.perf_counter() - loop_start, epochs_run)
             # the last update may have broken the weights although its loss was finite: never
             # hand non-finite weights to evaluation or to the task-boundary checkpoint
             guard.check_weights(self._all_finite(params), pos)
@@ -282,6 +305,19 @@ class Loop:
         guard.check_loss(mean, pos)
         self.progress.advance(bar, pos.steps - shown, info=f"epoch {pos.epoch + 1} loss {mean:.3f}")
         return pos.steps
+
+    def _epoch_done(self, spec: LoopSpec, optimizer: torch.optim.Optimizer, pos: LoopPosition, epoch_sum: Tensor,
+                    steps: int, images: int, seconds: float, loop_seconds: float, epochs_run: int) -> None:
+        """After an epoch: the loggers flush their buffered steps, the progress prints its line
+        (its loss: the epoch's mean, one host sync)."""
+        lr = float(optimizer.param_groups[0]["lr"])
+        if self.loggers is not None:
+            self.loggers.epoch_done(spec.name, spec.task_index, lr)
+        if not self.progress.lines or not steps or "loss" not in pos.sums:
+            return
+        loss = self._global_mean(pos.sums["loss"] - epoch_sum.to(pos.sums["loss"].device), steps)
+        self.progress.epoch_done(EpochStats(spec.description, pos.epoch, spec.epochs, loss, lr,
+                                            images * self.dist.world_size, seconds, loop_seconds, epochs_run))
 
     def _save(self, spec: LoopSpec, guard: DivergenceGuard, optimizer: torch.optim.Optimizer,
               pos: LoopPosition) -> None:

@@ -178,6 +178,7 @@ class Trainer:
                 self.method.to(self.device)
             if resume.rng is not None:
                 self.set_rng_states(resume.rng)
+        self.progress.run_started(self.stream.n_tasks, start)
         with self.stop:
             for task in self.stream.tasks[start:]:
                 self.run_task(task, step)
@@ -186,6 +187,7 @@ class Trainer:
     def run_task(self, task: Task, step: dict[str, Any] | None = None) -> None:
         """One task; ``step`` is a checkpoint within it to continue from."""
         ctx = self.context(task)
+        self.progress.task_started(task.index)
         start = time.perf_counter()
         method = self.method
         method.train()
