@@ -34,7 +34,8 @@ SECTIONS = ("engine", "train", "backbone", "benchmark", "method")
 # Engine keys that cannot change a run's numbers: a resume may change them without marking the
 # run non-comparable, and a sweep's run key ignores them. The device is not among them: it
 # decides the autocast precision ('auto').
-RESULT_NEUTRAL_ENGINE = frozenset({"num_workers", "output_dir", "progress", "save_task_state", "checkpoint_every"})
+RESULT_NEUTRAL_ENGINE = frozenset({"num_workers", "output_dir", "progress", "save_task_state", "checkpoint_every",
+                                   "loggers"})
 
 
 # ---------------------------------------------------------------------------- options
@@ -171,7 +172,9 @@ class EngineConfig:
     num_workers: int | Literal["auto"] = option("auto", "data-loader worker processes; auto suits the machine", ge=0)
     deterministic: bool = option(True, "deterministic kernels where PyTorch offers them")
     output_dir: str = option("results", "where run directories go")
-    progress: bool = option(True, "rich progress bars (off automatically when not a terminal)")
+    progress: bool = option(True, "progress: bars on a terminal, one line per epoch otherwise")
+    loggers: tuple[Literal["csv", "tensorboard", "wandb"], ...] = option(
+        (), "experiment loggers, any of csv, tensorboard, wandb (W&B offline unless configured)")
     save_task_state: Literal["auto", "always", "never"] = option(
         "auto", "save per-task adapters/heads (landscapes and audits need them); auto: states up to 64 MB")
     checkpoint_every: int = option(0, "also checkpoint every N training steps within a task (0: off)", ge=0)

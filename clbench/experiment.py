@@ -22,9 +22,11 @@ from .config import RESULT_NEUTRAL_ENGINE, BackboneConfig, RunConfig
 from .engine.checkpoint import Checkpointer, ResumePoint
 from .engine.dist import SingleProcess
 from .engine.dist import current as current_dist
+from .engine.loggers import build_loggers, check_loggers
 from .engine.progress import ProgressReporter
 from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
 from .engine.trainer import Trainer
+from .metrics import stability_plasticity
 from .errors import ConfigError, DataError, TrainingDiverged, WeightsError
 from .records import RunRecorder, ensure_writable, header, jsonable, load_record, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
@@ -51,6 +53,7 @@ def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: s
     for run in runs:  # every input check first, then the first write
         cfg = run.config
         resolve_precision(cfg.engine.precision, resolve_device(cfg.engine.device))
+        check_loggers(cfg.engine.loggers)
         _check_weights(cfg.backbone)
         if cache is not None:
             cache.get(cfg)
@@ -173,12 +176,27 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     return _train(cfg, stream, method, recorder, dist, progress, on_task, point)
 
 
+def task_values(record: dict[str, Any]) -> dict[str, float | None]:
+    """What the loggers get after a task: accuracy on all seen classes, on the old classes (None
+    after the first task) and on the new task's, on each task so far, and the task's times."""
+    task = record["tasks"][-1]
+    old, new = stability_plasticity([t["correct_per_class"] for t in record["tasks"]],
+                                    record["test_counts"]["per_class"], record["protocol"]["task_ranges"])[-1]
+    return {"acc_all": record["accuracy_curve"][-1], "acc_old": old, "acc_new": new,
+            **{f"acc_T{j + 1}": a for j, a in enumerate(record["accuracy_matrix"][-1])},
+            "train_s": task["train_s"], "eval_s": task["eval_s"]}
+
+
 def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist: SingleProcess,
            progress: ProgressReporter, on_task: Callable[[dict], None] | None,
            point: ResumePoint | None) -> dict[str, Any]:
     """Train through the stream, recording each task and checkpointing; the final record."""
     run_dir = recorder.run_dir
     checkpoint = Checkpointer(run_dir / CHECKPOINT_DIR, cfg.engine.checkpoint_every, dist)
+    hparams = {"run": {"method": cfg.method, "benchmark": cfg.benchmark, "seed": cfg.seed, "preset": cfg.preset},
+               **cfg.to_dict()}
+    loggers = build_loggers(cfg.engine.loggers, run_dir, hparams, run_dir.name,
+                            sum(t["steps"] for t in recorder.record["tasks"])) if dist.is_main else None
 
     def task_end(task: Any, result: dict[str, Any]) -> None:
         state = method.task_state()
@@ -195,10 +213,13 @@ def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist
         a_t = recorder.record["accuracy_curve"][-1]
         progress.log(f"  {cfg.method} seed {cfg.seed} · task {task.index + 1}/{stream.n_tasks}: "
                      f"A_t {a_t:.2f}% · train {result['train_s']:.1f}s · eval {result['eval_s']:.1f}s")
+        if loggers is not None:
+            loggers.task_done(task.index, task_values(recorder.record))
         if on_task is not None and dist.is_main:
             on_task(recorder.record)
 
     trainer = Trainer(method, stream, cfg, progress=progress, dist=dist, on_task_end=task_end, checkpoint=checkpoint)
+    trainer.loop.loggers = loggers
     hint = f"continue it with: clbench run --resume {run_dir}"
     try:
         trainer.fit(point)
@@ -212,6 +233,9 @@ def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if loggers is not None:
+            loggers.close(recorder.record["metrics"] if len(recorder.record["tasks"]) == stream.n_tasks else None)
     record = recorder.finish("complete")
     checkpoint.discard()
     return record

@@ -130,3 +130,19 @@ def matrix_from_counts(correct: Sequence[Sequence[int]], totals: Sequence[int],
     for t, row in enumerate(correct):
         matrix.append([100.0 * sum(row[lo:hi]) / counts[j] for j, (lo, hi) in enumerate(task_ranges[: t + 1])])
     return matrix, counts
+
+
+def stability_plasticity(correct: Sequence[Sequence[int]], totals: Sequence[int],
+                         task_ranges: Sequence[tuple[int, int]]) -> list[tuple[float | None, float]]:
+    """After each step t: (accuracy on the old classes, accuracy on the new task's classes), in %.
+
+    Old: the classes of tasks before t, sample-weighted (correct over test samples; None at
+    the first step); new: task t's classes. ``correct`` and ``totals`` as for
+    :func:`matrix_from_counts` (per-class correct counts after each step, test samples per class).
+    """
+    out = []
+    for t, row in enumerate(correct):
+        lo, hi = task_ranges[t]
+        old = 100.0 * sum(row[:lo]) / sum(totals[:lo]) if lo and sum(totals[:lo]) else None
+        out.append((old, 100.0 * sum(row[lo:hi]) / sum(totals[lo:hi])))
+    return out
