@@ -140,6 +140,7 @@ class Row:
     cells: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # setting -> metric -> (mean, se)
     n: dict[str, int] = field(default_factory=dict)
     source: str = ""
+    tied: dict[str, set[str]] = field(default_factory=dict)  # setting -> metrics not significantly below the best
 
 
 @dataclass
@@ -166,6 +167,10 @@ class PaperTable:
         best = min(means) if metric in LOWER_IS_BETTER else max(means)
         return abs(mean - best) < 1e-12
 
+    def is_tied(self, row: Row, key: str, metric: str) -> bool:
+        """True for a row (not the best) the best one is not significantly better than."""
+        return metric in row.tied.get(key, set()) and not self.is_best(row, key, metric)
+
 
 def _nan(value: Any) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
@@ -187,6 +192,7 @@ def paper_tables(summary: pd.DataFrame) -> list[PaperTable]:
             for _, r in group.iterrows():
                 ours.cells[r["setting_key"]] = {m: (r[f"{m}_mean"], r[f"{m}_se"]) for m in SHOWN}
                 ours.n[r["setting_key"]] = int(r["n"])
+                ours.tied[r["setting_key"]] = {m for m in SHOWN if bool(r.get(f"{m}_tied", False))}
                 if not math.isnan(_nan(r["paper_acc"])):  # the paper reports this setting
                     paper.cells[r["setting_key"]] = {"acc": (_nan(r["paper_acc"]), _nan(r["paper_acc_se"])),
                                                      "aaa": (_nan(r["paper_aaa"]), _nan(r["paper_aaa_se"]))}

@@ -10,7 +10,8 @@ import pandas as pd
 from ..errors import DataError
 from .aggregate import PaperTable, paper_tables, setting_notes, summarize
 from .collect import Collection, collect, find_records
-from .tables import to_latex, to_markdown, write_csv
+from .significance import add_intervals, add_significance, add_stability_plasticity
+from .tables import stability_markdown, to_latex, to_markdown, write_csv
 
 
 @dataclass
@@ -37,7 +38,7 @@ def gather(paths: list[Path]) -> Report:
             f"'clbench run --methods ...' first, or pass the directory that holds the runs "
             f"(e.g. 'clbench report results')."
         )
-    summary = summarize(coll)
+    summary = add_stability_plasticity(add_significance(add_intervals(summarize(coll), coll), coll), coll)
     return Report(coll, summary, paper_tables(summary), setting_notes(summary))
 
 
@@ -47,6 +48,7 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
     coll = report.collection
     md = ["# clbench report", ""]
     md += [to_markdown(t) for t in report.tables]
+    md += [stability_markdown(report.summary)]
     md += ["Settings:", ""] + [f"- {n}" for n in report.notes]
     if coll.skipped:
         md += ["", coll.skipped_summary(), ""] + [f"- `{s.path}`: {s.reason}" for s in coll.skipped]

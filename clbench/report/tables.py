@@ -1,8 +1,9 @@
 """Render :class:`~clbench.report.aggregate.PaperTable` objects: rich, Markdown, LaTeX, HTML, CSV.
 
 Cells read ``mean (SE)`` as in the papers (``mean`` alone for a single seed, ``–`` when
-absent); the best of our means per column is bold; reported rows are labelled with their
-source and set in italics.
+absent); the best of our means per column is bold, and ``≈`` marks ours that it is not
+significantly better than (the test is stated under each table); reported rows are labelled
+with their source and set in italics.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from rich.markup import escape
 from rich.table import Table
 
 from .aggregate import TITLES, PaperTable, Row
+from .significance import significance_note
 
 CAPTION = "Acc and AAA (sample-weighted, %), forgetting (Chaudhry, %): mean (standard error) over n seeds"
 
@@ -33,7 +36,8 @@ def _cells(table: PaperTable, row: Row) -> list[tuple[str, bool]]:
     out = []
     for col in table.columns:
         for metric in table.metrics:
-            out.append((fmt(*table.value(row, col.key, metric)), table.is_best(row, col.key, metric)))
+            text = fmt(*table.value(row, col.key, metric))
+            out.append((f"{text} ≈" if table.is_tied(row, col.key, metric) else text, table.is_best(row, col.key, metric)))
         n = row.n.get(col.key)
         out.append((str(n) if n else ("paper" if row.kind == "paper" and col.key in row.cells else "–"), False))
     return out
@@ -45,14 +49,15 @@ def _headers(table: PaperTable) -> list[str]:
 
 def to_rich(table: PaperTable) -> Table:
     """A rich table for the terminal."""
-    out = Table(title=f"{table.benchmark}: {CAPTION}", title_justify="left")
+    out = Table(title=f"{table.benchmark}: {CAPTION}", title_justify="left", caption=significance_note(),
+                caption_justify="left")
     out.add_column("method", max_width=36)
     for col in table.columns:
         for m in (*table.metrics, "n"):
             out.add_column(f"{col.label}\n{TITLES[m]}", justify="right", no_wrap=True)
     for row in table.rows:
         cells = [f"[bold]{t}[/]" if bold else t for t, bold in _cells(table, row)]
-        out.add_row(row.label, *cells, style="italic dim" if row.kind == "paper" else None)
+        out.add_row(escape(row.label), *cells, style="italic dim" if row.kind == "paper" else None)
     return out
 
 
@@ -69,12 +74,14 @@ def to_markdown(table: PaperTable) -> str:
         cells = [f"**{t}**" if bold else t for t, bold in _cells(table, row)]
         label = f"*{_md_escape(row.label)}*" if row.kind == "paper" else _md_escape(row.label)
         lines.append(f"| {label} | " + " | ".join(_md_escape(c) for c in cells) + " |")
+    lines += ["", significance_note()]
     return "\n".join(lines) + "\n"
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "×": r"$\times$", "·": r"$\cdot$", "…": r"\ldots{}", "–": "--"}
+                  "×": r"$\times$", "·": r"$\cdot$", "…": r"\ldots{}", "–": "--", "≈": r"$\approx$",
+                  "α": r"$\alpha$"}
 
 
 def latex_escape(text: str) -> str:
@@ -98,7 +105,8 @@ def to_latex(table: PaperTable) -> str:
         if row.kind == "paper":
             label, cells = rf"\textit{{{label}}}", [rf"\textit{{{c}}}" for c in cells]
         lines.append(f"{label} & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\par\footnotesize {latex_escape(significance_note())}",
+              r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +124,29 @@ def to_html(table: PaperTable) -> str:
             f"<caption>{e(table.benchmark)}: {e(CAPTION)}; best of ours in bold; reported rows (italic) are the "
             f"papers' numbers.</caption>"
             f'<thead><tr><th rowspan="2">Method</th>{head1}</tr><tr>{head2}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+            f"<tbody>{''.join(body)}</tbody></table><p class=\"note\">{e(significance_note())}</p>")
+
+
+def stability_markdown(summary: pd.DataFrame) -> str:
+    """Per setting: accuracy on the old classes / on the new task's classes after each task
+    (means over seeds), one row per method variant."""
+    if summary.empty or "acc_new_T1" not in summary:
+        return ""
+    lines = ["## Stability and plasticity", "",
+             "Accuracy (%) after each task on the classes of the earlier tasks / on the new task's classes "
+             "(mean over seeds, from the per-class test counts).", ""]
+    for _, sub in summary.groupby("setting_key", sort=False):
+        first = sub.iloc[0]
+        n = int(first["n_tasks"])
+        lines += [f"### {first['benchmark']} {_md_escape(str(first['setting']))}", "",
+                  "| Method | " + " | ".join(f"T{t} old / new" for t in range(1, n + 1)) + " |",
+                  "|---|" + "---:|" * n]
+        for _, r in sub.iterrows():
+            cells = [f"{fmt(r[f'acc_old_T{t}'], math.nan)} / {fmt(r[f'acc_new_T{t}'], math.nan)}"
+                     for t in range(1, n + 1)]
+            lines.append(f"| {_md_escape(str(r['label']))} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def write_csv(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
