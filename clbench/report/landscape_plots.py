@@ -38,8 +38,29 @@ def line_figure(line: dict[str, np.ndarray], meta: dict[str, Any], title: str, s
     return list(save_figure(fig, stem))
 
 
+def filled_levels(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(values to fill, contour levels, where the values were not finite, flat) for a plane.
+
+    The levels span the finite values from their minimum to their maximum, so every point is
+    filled (contourf leaves values outside its levels white); non-finite points (a diverged
+    loss) take the maximum and are returned for hatching. A plane flat to within 1e-6 of its
+    magnitude (float noise) is one colour band around its value, not noise stretched over the
+    colour map.
+    """
+    bad = ~np.isfinite(Z)
+    finite = Z[~bad]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    values = np.where(bad, hi, Z)
+    scale = max(1.0, abs(lo), abs(hi))
+    if hi - lo <= 1e-6 * scale:
+        pad = 0.01 * scale
+        return np.full_like(values, (lo + hi) / 2), np.array([lo - pad, hi + pad]), bad, True
+    return values, np.linspace(lo, hi, 21), bad, False
+
+
 def plane_figures(plane: dict[str, np.ndarray], title: str, stem: Path) -> list[Path]:
-    """Contours of loss and of accuracy on the plane, per task and over all seen classes."""
+    """Contours of loss and of accuracy on the plane, per task and over all seen classes
+    (filled everywhere, see :func:`filled_levels`)."""
     X, Y = np.meshgrid(plane["xs"], plane["ys"])
     tasks = [int(t) for t in plane["tasks"]]
     panels = [(f"T{t} test", k) for k, t in enumerate(tasks) if t in set(plane["solutions"].tolist())] + [("all seen", None)]
@@ -47,11 +68,13 @@ def plane_figures(plane: dict[str, np.ndarray], title: str, stem: Path) -> list[
     for metric, cmap, unit in (("loss", "viridis", "cross-entropy"), ("acc", "magma", "accuracy (%)")):
         fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.9), squeeze=False, layout="constrained")
         for ax, (name, k) in zip(axes.flat, panels):
-            Z = plane[f"{metric}_all"] if k is None else plane[metric][k]
-            flat = float(np.ptp(Z)) < 1e-9
-            filled = ax.contourf(X, Y, Z, levels=[Z.min() - 0.5, Z.min() + 0.5] if flat else 20, cmap=cmap)
+            Z, levels, bad, flat = filled_levels(np.asarray(plane[f"{metric}_all"] if k is None else plane[metric][k],
+                                                            dtype=float))
+            filled = ax.contourf(X, Y, Z, levels=levels, cmap=cmap)
             if not flat:
-                ax.contour(X, Y, Z, levels=10, colors="white", linewidths=0.4, alpha=0.6)
+                ax.contour(X, Y, Z, levels=levels[::2], colors="white", linewidths=0.4, alpha=0.6)
+            if bad.any():  # not finite there (e.g. a diverged loss): hatched over the maximum's colour
+                ax.contourf(X, Y, bad.astype(float), levels=[0.5, 1.5], colors="none", hatches=["xxx"])
             fig.colorbar(filled, ax=ax, shrink=0.85, label=unit)
             for (x, y), t in zip(plane["coords"], plane["solutions"]):
                 ax.plot(x, y, marker="o", ms=6, color="red", mec="white")

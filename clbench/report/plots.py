@@ -2,6 +2,7 @@
 
 Per setting: the accuracy A_t after each task per method with a band of ± one standard
 error over seeds; the accuracy matrix a(t, j) as a heatmap (mean over seeds) per method;
+accuracy on the old classes and on the new task's classes after each task;
 forgetting per method; the magnitudes a method logs per task (``method_log["magnitudes"]``,
 e.g. SD-LoRA); trainable parameters and time per method. Values come from the stored
 matrices through :mod:`clbench.metrics`.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ import seaborn as sns  # noqa: E402
 from .. import metrics  # noqa: E402
 from .aggregate import mean_se  # noqa: E402
 from .collect import Collection  # noqa: E402
+from .significance import old_new_curves  # noqa: E402
 
 
 @dataclass
@@ -83,6 +86,16 @@ def _band(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return stack.mean(axis=0), se
 
 
+def outside_legend(ax: plt.Axes, fontsize: int = 8) -> None:
+    """The legend beside the axes, never over the curves."""
+    ax.legend(fontsize=fontsize, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+
+
+def panel_title(label: str, n: int, width: int = 34) -> str:
+    """A panel's title, wrapped so that neighbouring titles do not run into each other."""
+    return textwrap.fill(f"{label} (n={n})", width=width, break_long_words=True)
+
+
 def accuracy_curves(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure:
     """A_t after each task per method: mean line, ± SE band over seeds."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -96,8 +109,7 @@ def accuracy_curves(groups: dict[str, list[dict]], title: str, out_dir: Path, na
     ax.set_ylabel("accuracy on all seen classes A_t (%)")
     ax.set_xticks(x)
     ax.set_title(title)
-    # many methods: the legend goes beside the axes instead of over the curves
-    ax.legend(fontsize=8, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if len(groups) > 6 else {}))
+    outside_legend(ax)
     png, pdf = _save(fig, out_dir, name)
     return Figure("curve", f"Accuracy after each task: {title}",
                   "Sample-weighted accuracy on the test data of all classes seen so far, after each task; "
@@ -110,23 +122,57 @@ def accuracy_matrices(groups: dict[str, list[dict]], title: str, out_dir: Path, 
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     T = len(next(iter(groups.values()))[0]["accuracy_matrix"])
-    size = 1.2 + 0.45 * T
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 1, rows * size), squeeze=False)
-    for i, (ax, (label, recs)) in enumerate(zip(axes.flat, groups.items())):
+    size = max(2.6, 1.2 + 0.45 * T)
+    titles = [panel_title(label, len(recs)) for label, recs in groups.items()]
+    title_h = 0.17 * max(t.count("\n") + 1 for t in titles)
+    # one colour bar for all panels (constrained layout takes its room from every panel alike)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 1.2, rows * (size + title_h + 0.5) + 0.4),
+                             squeeze=False, layout="constrained")
+    image = None
+    for ax, (label, recs), text in zip(axes.flat, groups.items(), titles):
         mean = np.mean(np.stack([_matrix(r) for r in recs]), axis=0)
         sns.heatmap(mean, ax=ax, vmin=0, vmax=100, cmap="viridis", mask=np.isnan(mean), square=True,
-                    annot=T <= 10, fmt=".0f", annot_kws={"fontsize": 7}, cbar=i == n - 1,
-                    cbar_kws={"label": "accuracy (%)"}, xticklabels=range(1, T + 1), yticklabels=range(1, T + 1))
+                    annot=T <= 10, fmt=".0f", annot_kws={"fontsize": 7}, cbar=False,
+                    xticklabels=range(1, T + 1), yticklabels=range(1, T + 1))
+        image = ax.collections[0]
         ax.grid(False)
-        ax.set_title(f"{label} (n={len(recs)})", fontsize=9)
+        ax.set_title(text, fontsize=8)
         ax.set_xlabel("evaluated task j")
         ax.set_ylabel("after task t")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    fig.colorbar(image, ax=axes, label="accuracy (%)", shrink=0.8 if rows > 1 else 1.0)
     fig.suptitle(title)
     png, pdf = _save(fig, out_dir, name)
     return Figure("matrix", f"Accuracy matrix: {title}",
                   "a(t, j): accuracy (%) on task j's test data after training task t, mean over seeds.", png, pdf)
+
+
+def stability_plasticity_plot(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure | None:
+    """Accuracy on the old classes and on the new task's classes after each task (± SE band)."""
+    if len(next(iter(groups.values()))[0]["tasks"]) < 2:
+        return None
+    fig, (old_ax, new_ax) = plt.subplots(1, 2, figsize=(10, 3.9), sharey=True, layout="constrained")
+    colors = method_colors(len(groups))
+    for i, (label, recs) in enumerate(groups.items()):
+        curves = [old_new_curves(r) for r in recs]
+        for ax, k in ((old_ax, 0), (new_ax, 1)):
+            mean, se = _band([c[k] for c in curves])
+            x = np.arange(1, len(mean) + 1)
+            ax.plot(x, mean, marker=MARKERS[i % len(MARKERS)], ms=4, color=colors[i], label=f"{label} (n={len(recs)})")
+            ax.fill_between(x, mean - se, mean + se, color=colors[i], alpha=0.2, lw=0)
+            ax.set_xticks(x)
+            ax.set_xlabel("after task t")
+    old_ax.set_ylabel("accuracy (%)")
+    old_ax.set_title("stability: classes of tasks 1…t−1", fontsize=9)
+    new_ax.set_title("plasticity: task t's own classes", fontsize=9)
+    outside_legend(new_ax)
+    fig.suptitle(title)
+    png, pdf = _save(fig, out_dir, name)
+    return Figure("stability", f"Stability and plasticity: {title}",
+                  "Accuracy on the test data of the classes learned before task t (left) and of task t's new "
+                  "classes (right), after each task t, from the per-class counts; mean over seeds, band: ± one "
+                  "standard error.", png, pdf)
 
 
 def _bars(ax: plt.Axes, labels: list[str], values: list[list[float]], ylabel: str) -> None:
@@ -173,17 +219,26 @@ def magnitude_values(record: dict[str, Any]) -> list[list[float]] | None:
     return rows or None
 
 
+MAGNITUDE_MAP = matplotlib.colors.LinearSegmentedColormap.from_list(
+    "magnitudes", plt.cm.viridis(np.linspace(0.0, 0.88, 256)))  # sequential; stops before the pale yellow
+
+
+def magnitude_colors(k: int) -> list:
+    """k colours of one sequential map (earlier components darker), distinguishable for many k."""
+    return [MAGNITUDE_MAP(x) for x in (np.linspace(0, 1, k) if k > 1 else [0.0])]
+
+
 def magnitude_plot(groups: dict[str, list[dict]], title: str, out_dir: Path, name: str) -> Figure | None:
     """Magnitude α_k of each task's component after each task (mean ± SE band over seeds)."""
     found = {label: [m for m in (magnitude_values(r) for r in recs) if m] for label, recs in groups.items()}
     found = {k: v for k, v in found.items() if v}
     if not found:
         return None
-    fig, axes = plt.subplots(1, len(found), figsize=(5.2 * len(found), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(found), figsize=(5.6 * len(found), 3.8), squeeze=False, layout="constrained")
     for ax, (label, runs) in zip(axes.flat, found.items()):
         T = min(len(r) for r in runs)
         K = max(len(r[t]) for r in runs for t in range(T))
-        colors = sns.color_palette("crest", n_colors=K)
+        colors = magnitude_colors(K)
         for k in range(K):
             ts = [t for t in range(T) if all(len(r[t]) > k for r in runs)]
             if not ts:
@@ -195,8 +250,13 @@ def magnitude_plot(groups: dict[str, list[dict]], title: str, out_dir: Path, nam
         ax.set_xlabel("after task")
         ax.set_ylabel("magnitude")
         ax.set_xticks(range(1, T + 1))
-        ax.set_title(f"{label} (n={len(runs)})", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(panel_title(label, len(runs), 48), fontsize=9)
+        if K <= 8:
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        else:  # many components: a colour bar of k instead of a legend
+            bar = fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(0.5, K + 0.5), cmap=MAGNITUDE_MAP), ax=ax,
+                               ticks=range(1, K + 1, max(1, K // 10)))
+            bar.set_label("component k (task that added it)")
     fig.suptitle(title)
     png, pdf = _save(fig, out_dir, name)
     return Figure("magnitudes", f"Learned magnitudes: {title}",
@@ -222,7 +282,8 @@ def cost_bars(groups: dict[str, list[dict]], title: str, out_dir: Path, name: st
                   "(training and evaluation, as recorded; mean ± SE, dots = seeds; machines may differ).", png, pdf)
 
 
-PLOTS: list[Callable[..., Figure | None]] = [accuracy_curves, accuracy_matrices, forgetting_bars, magnitude_plot, cost_bars]
+PLOTS: list[Callable[..., Figure | None]] = [accuracy_curves, accuracy_matrices, stability_plasticity_plot,
+                                             forgetting_bars, magnitude_plot, cost_bars]
 
 
 def all_figures(coll: Collection, summary: pd.DataFrame, out_dir: Path) -> list[Figure]:
