@@ -309,13 +309,14 @@ class Loop:
     def _epoch_done(self, spec: LoopSpec, optimizer: torch.optim.Optimizer, pos: LoopPosition, epoch_sum: Tensor,
                     steps: int, images: int, seconds: float, loop_seconds: float, epochs_run: int) -> None:
         """After an epoch: the loggers flush their buffered steps, the progress prints its line
-        (its loss: the epoch's mean, one host sync)."""
+        (its loss: the epoch's mean over this process's batches, one host sync and no
+        collective, since only rank 0 prints)."""
         lr = float(optimizer.param_groups[0]["lr"])
         if self.loggers is not None:
             self.loggers.epoch_done(spec.name, spec.task_index, lr)
         if not self.progress.lines or not steps or "loss" not in pos.sums:
             return
-        loss = self._global_mean(pos.sums["loss"] - epoch_sum.to(pos.sums["loss"].device), steps)
+        loss = float(pos.sums["loss"] - epoch_sum.to(pos.sums["loss"].device)) / steps
         self.progress.epoch_done(EpochStats(spec.description, pos.epoch, spec.epochs, loss, lr,
                                             images * self.dist.world_size, seconds, loop_seconds, epochs_run))
 
