@@ -14,17 +14,16 @@ from test_report import FT, LORA, make_record, write_records
 
 @pytest.fixture
 def drawn(monkeypatch):
-    """Every figure saved, drawn first so that its layout can be measured."""
+    """Every figure the report would save, drawn (not written) so that its layout can be measured."""
     figures = []
+
+    def save(fig, stem):
+        fig.canvas.draw()
+        fig.pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+        figures.append((stem.name, fig, fig.canvas.get_renderer()))
+        return stem.with_suffix(".png"), stem.with_suffix(".pdf")
+
     for module in (plots, landscape_plots):
-        real = module.save_figure
-
-        def save(fig, stem, _real=real):
-            fig.canvas.draw()
-            fig.pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-            figures.append((stem.name, fig, fig.canvas.get_renderer()))
-            return _real(fig, stem)
-
         monkeypatch.setattr(module, "save_figure", save)
     return figures
 
