@@ -53,10 +53,30 @@ def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: s
         resolve_precision(cfg.engine.precision, resolve_device(cfg.engine.device))
         _check_weights(cfg.backbone)
         if cache is not None:
-            cache.get(cfg)
+            bench, data = cache.get(cfg)
+            check_training_steps(cfg, bench.stream(data, cfg.benchmark_cfg, cfg.seed))
     for out in {run.config.engine.output_dir for run in runs}:
         ensure_writable(Path(out))
     return runs
+
+
+def check_training_steps(cfg: RunConfig, stream: Any) -> None:
+    """A method that trains must take at least one optimisation step on every task: refuse
+    a run in which a task's training data give no batch (none at all, or fewer samples than
+    ``train.batch_size`` with ``train.drop_last``), instead of recording a run that did not train."""
+    method_cls = METHODS.get(cfg.method)
+    if not method_cls.trains:
+        return
+    train = cfg.train
+    for task in stream.tasks:
+        n = len(stream.train_data(task.index, cumulative=method_cls.cumulative_data, augment=False))
+        if n == 0 or (train.drop_last and n < train.batch_size):
+            fix = (f"--set train.batch_size={max(1, n)} or --set train.drop_last=false" if n else
+                   "choose a benchmark setting that gives every task training data")
+            raise ConfigError(
+                f"Task {task.index + 1} of {cfg.benchmark} has {n} training samples, which with train.batch_size="
+                f"{train.batch_size}{' and train.drop_last=true' if train.drop_last else ''} gives no training step: "
+                f"'{cfg.method}' would record a run that did not train. Fix it, e.g. {fix}.")
 
 
 def _check_weights(cfg: BackboneConfig) -> None:
@@ -115,6 +135,7 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
     dist = current_dist(resolve_device(cfg.engine.device))
     progress = _progress_for(progress, dist)
     data, stream, method = build(cfg, cache)
+    check_training_steps(cfg, stream)
     backbone = method.backbone
     device = dist.device(resolve_device(cfg.engine.device))
     made = str(new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)) if dist.is_main else None
@@ -148,6 +169,7 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     dist = current_dist(resolve_device(cfg.engine.device))
     progress = _progress_for(progress, dist)
     data, stream, method = build(cfg, cache)
+    check_training_steps(cfg, stream)
     protocol = record["protocol"]
     if stream.order.tolist() != protocol["class_order"] or data.split_id != protocol["split_id"]:
         raise DataError(f"The benchmark data differ from those the run in {run_dir} started with (class order or "
