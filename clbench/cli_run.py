@@ -204,7 +204,9 @@ def bench(
                       f"{load['loader_img_s_memory']:.0f} img/s plain, {load['loader_img_s_memory_augment']:.0f} img/s "
                       f"with crop+flip ({load['augment_cost']:.2f}x slower)", highlight=False)
     if json_out:
-        json_out.write_text(json.dumps({"methods": rows, "loader": load}, indent=1))
+        from .records import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps({"methods": rows, "loader": load}, indent=1))
 
 
 def bench_table(rows: list[dict], backbone: str) -> Table:

@@ -25,7 +25,7 @@ from .engine.dist import current as current_dist
 from .engine.progress import ProgressReporter
 from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
 from .engine.trainer import Trainer
-from .errors import ConfigError, DataError, TrainingDiverged, WeightsError
+from .errors import ConfigError, DataError, OutputError, TrainingDiverged, WeightsError
 from .records import RunRecorder, ensure_writable, header, jsonable, load_record, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
 from .resolve import Override, PlannedRun, config_from_record, resolve
@@ -231,6 +231,10 @@ def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist
         message = f"{exc} To continue from the last checkpoint with other settings: clbench run --resume {run_dir} --set train.lr=..."
         recorder.finish("failed", message)
         raise TrainingDiverged(message) from None
+    except OutputError as exc:  # a full disk or an I/O error: every file written before is intact
+        message = f"{exc} The run stopped; once the disk has room, continue it with: clbench run --resume {run_dir}"
+        recorder.finish("failed", message)
+        raise OutputError(message) from None
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise

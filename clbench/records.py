@@ -54,7 +54,8 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _os_error(path: Path, exc: OSError) -> OutputError:
+def output_error(path: Path, exc: OSError) -> OutputError:
+    """The one message for a write that failed: what happened to ``path`` and what to do."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         problem, fix = "the disk (or your quota) is full", "Free disk space or choose another disk with --output-dir"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -67,11 +68,29 @@ def _os_error(path: Path, exc: OSError) -> OutputError:
     )
 
 
+_WRITER_FAILURES = ("PytorchStreamWriter", "inline_container", "file write failed")
+
+
+def _write_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: the exception itself, or the one behind torch's zip
+    writer's RuntimeError (it reports a full disk as 'file write failed' or 'unexpected pos')."""
+    if isinstance(exc, OSError):
+        return exc
+    if not isinstance(exc, RuntimeError):
+        return None
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        return cause
+    if any(marker in str(exc) for marker in _WRITER_FAILURES):
+        return OSError(errno.EIO, "the write failed (a full disk or an I/O error)")
+    return None
+
+
 def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write ``path`` through ``write(file)`` on a temporary file in the same directory, then
-    ``os.replace``: readers see the old file or the new one, never a part. A failure (disk
-    full, permissions) removes the temporary file, keeps the old one and raises
-    :class:`~clbench.errors.OutputError`."""
+    ``os.replace``: readers see the old file or the new one, never a part. Every failure
+    removes the temporary file and keeps the old one; a full disk or an I/O error (also as
+    torch's zip-writer ``RuntimeError``) raises :class:`~clbench.errors.OutputError`."""
     path = Path(path)
     tmp = None
     try:
@@ -82,10 +101,18 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
-        raise _os_error(path, exc) from exc
+        failure = _write_failure(exc)
+        if failure is None:
+            raise
+        raise output_error(path, failure) from exc
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_with`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -104,7 +131,7 @@ def ensure_writable(directory: Path) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        raise _os_error(directory, exc) from exc
+        raise output_error(directory, exc) from exc
 
 
 def new_run_dir(output_dir: Path, benchmark: str, method: str, seed: int) -> Path:
@@ -121,7 +148,7 @@ def new_run_dir(output_dir: Path, benchmark: str, method: str, seed: int) -> Pat
             except FileExistsError:
                 continue
     except OSError as exc:
-        raise _os_error(parent, exc) from exc
+        raise output_error(parent, exc) from exc
 
 
 def environment() -> dict[str, Any]:

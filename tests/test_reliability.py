@@ -3,10 +3,16 @@ traceback (issue 16). Every bad input is generated here."""
 
 from __future__ import annotations
 
-import pytest
+import errno
+import os
 
-from clbench.errors import ConfigError
-from clbench.experiment import DataCache, plan
+import pytest
+import torch
+
+import clbench.records as records
+from clbench.errors import ConfigError, OutputError
+from clbench.experiment import DataCache, execute, plan, resume
+from clbench.records import load_record
 
 from conftest import TINY
 
@@ -76,3 +82,87 @@ def test_a_run_that_would_not_train_is_refused(tmp_path):
     (run,) = _plan(tmp_path, ("train.batch_size", 64), ("train.drop_last", "true"), method="simplecil",
                    cache=DataCache())
     assert run.config.train.batch_size == 64
+
+
+# ---------------------------------------------------------------------------- full disk, I/O errors
+
+class _FillingFile:
+    """A file whose disk fills up after ``room`` bytes (or fails with ``code`` at once)."""
+
+    def __init__(self, fh, room: int, code: int):
+        self._fh, self._room, self._code = fh, room, code
+
+    def write(self, data):
+        self._room -= len(data)
+        if self._room < 0:
+            raise OSError(self._code, os.strerror(self._code))
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+def _fill_disk(monkeypatch, marker: str, room: int = 1000, code: int = errno.ENOSPC, from_write: int = 1):
+    """From the ``from_write``-th on, writes of temporary files whose name holds ``marker``
+    hit a full disk (or fail with ``code``)."""
+    real, seen = os.fdopen, {"n": 0}
+
+    def fdopen(fd, *args, **kwargs):
+        fh = real(fd, *args, **kwargs)
+        if marker not in os.readlink(f"/proc/self/fd/{fd}"):
+            return fh
+        seen["n"] += 1
+        return _FillingFile(fh, room, code) if seen["n"] >= from_write else fh
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("code, problem", [(errno.ENOSPC, r"the disk \(or your quota\) is full"),
+                                           (errno.EIO, "Input/output error")])
+def test_torch_zip_writer_failure_becomes_one_clear_error(tmp_path, monkeypatch, code, problem):
+    target = tmp_path / "step.pt"
+    target.write_bytes(b"old")
+    _fill_disk(monkeypatch, ".step.pt.", code=code)
+    with pytest.raises(OutputError, match=f"Cannot write {target}: {problem}"):
+        records.atomic_write_with(target, lambda fh: torch.save({"w": torch.zeros(10_000)}, fh))
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_writer_failure_that_is_no_io_error_is_not_disguised(tmp_path):
+    def broken(fh):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        records.atomic_write_with(tmp_path / "x", broken)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("marker, from_write", [
+    (".step.pt.", 3),  # task 1 takes 2 steps, each checkpointed
+    (".boundary.pt.", 2),
+    (".task_01.safetensors.", 1),
+])
+def test_full_disk_while_checkpointing_leaves_a_truthful_resumable_run(tmp_path, monkeypatch, marker, from_write):
+    """The disk fills up while a step checkpoint, a task checkpoint or a task state of task 2
+    is written: one clear error, no temporary file, a 'failed' record that says how to go
+    on, and resuming (disk freed) finishes the run."""
+    cache = DataCache()
+    (planned,) = _plan(tmp_path, ("engine.checkpoint_every", 1), cache=cache)
+    _fill_disk(monkeypatch, marker, from_write=from_write)
+    with pytest.raises(OutputError, match=r"the disk \(or your quota\) is full.*The run stopped; once the disk has "
+                                          r"room, continue it with: clbench run --resume"):
+        execute(planned, cache=cache)
+    monkeypatch.undo()
+    (run_dir,) = (tmp_path / "out" / "shapes" / "lora").iterdir()
+    failed = load_record(run_dir)
+    assert failed["status"] == "failed" and "clbench run --resume" in failed["error"]
+    assert len(failed["tasks"]) == (2 if marker == ".boundary.pt." else 1) and not list(run_dir.rglob("*.tmp"))
+    record = resume(run_dir, cache=cache)
+    assert record["status"] == "complete" and len(record["tasks"]) == 3
+    assert not (run_dir / "checkpoint").exists()

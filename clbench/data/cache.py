@@ -203,7 +203,11 @@ def build_cache(benchmark: str, lists: SplitLists, pipe: Pipeline, root: Path, w
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            from ..records import output_error
+
+            raise output_error(tmp, exc) from exc
         raise
     return final, read_meta(final)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..records import atomic_write_with
+from ..records import atomic_write_with, output_error
 from .dist import SingleProcess
 
 VERSION = 2  # 2: step checkpoints name their stage (pre-training phase, main training, post-task phase)
@@ -73,7 +73,10 @@ class Checkpointer:
 
     def _write(self, name: str, obj: dict[str, Any]) -> None:
         if self.dist.is_main:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise output_error(self.directory, exc) from exc
             atomic_write_with(self.directory / name, lambda fh: torch.save(obj, fh))
 
     def save_boundary(self, model: dict[str, Any], tasks_done: int, rng: list[dict[str, Any]]) -> None:

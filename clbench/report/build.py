@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
+from ..records import atomic_write_text, ensure_writable
 from .aggregate import PaperTable, paper_tables, setting_notes, summarize
 from .collect import Collection, collect, find_records
 from .tables import to_latex, to_markdown, write_csv
@@ -43,7 +44,7 @@ def gather(paths: list[Path]) -> Report:
 
 def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, source: str = "") -> Report:
     """Write tables.md, tables.tex, summary.csv, runs.csv, figures/ and index.html."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out_dir)
     coll = report.collection
     md = ["# clbench report", ""]
     md += [to_markdown(t) for t in report.tables]
@@ -51,8 +52,8 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
     if coll.skipped:
         md += ["", coll.skipped_summary(), ""] + [f"- `{s.path}`: {s.reason}" for s in coll.skipped]
     files = [out_dir / "tables.md", out_dir / "tables.tex"]
-    files[0].write_text("\n".join(md) + "\n")
-    files[1].write_text("% clbench report; needs \\usepackage{booktabs}\n" + "\n".join(to_latex(t) for t in report.tables))
+    atomic_write_text(files[0], "\n".join(md) + "\n")
+    atomic_write_text(files[1], "% clbench report; needs \\usepackage{booktabs}\n" + "\n".join(to_latex(t) for t in report.tables))
     files += write_csv(report.summary, coll.runs, out_dir)
     if plots or html:
         from .plots import all_figures
@@ -65,6 +66,6 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
         page = render(report.tables, report.notes, report.figures, source=source or "the given records",
                       n_runs=len(coll.runs), skipped=coll.skipped, skipped_summary=coll.skipped_summary())
         files.append(out_dir / "index.html")
-        files[-1].write_text(page, encoding="utf-8")
+        atomic_write_text(files[-1], page)
     report.files = files
     return report

@@ -28,7 +28,7 @@ from ..engine.progress import ProgressReporter
 from ..engine.state import restore_state
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, DataError
-from ..records import load_record
+from ..records import atomic_write_text, atomic_write_with, ensure_writable, load_record
 from ..resolve import config_from_record
 from ..statefile import load_state_file
 from . import landscape as ls
@@ -271,7 +271,7 @@ def save(result: Landscape, out_dir: Path) -> list[Path]:
 
     from .landscape_plots import line_figure, plane_figures
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out_dir)
     files = []
     title = f"{result.meta['method']} · {result.meta['benchmark']} · seed {result.meta['seed']}"
     if result.line is not None:
@@ -284,8 +284,8 @@ def save(result: Landscape, out_dir: Path) -> list[Path]:
                 rows.append({"lambda": lam, "task": int(task), "acc": ln["acc"][li, ki], "loss": ln["loss"][li, ki],
                              "acc_within_from_task_classes": ln["acc_inner"][li, ki] if inner else np.nan,
                              "loss_within_from_task_classes": ln["loss_inner"][li, ki] if inner else np.nan})
-        pd.DataFrame(rows).to_csv(out_dir / f"{name}.csv", index=False)
-        np.savez(out_dir / f"{name}.npz", **ln)
+        atomic_write_text(out_dir / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False))
+        atomic_write_with(out_dir / f"{name}.npz", lambda fh: np.savez(fh, **ln))
         files += [out_dir / f"{name}.csv", out_dir / f"{name}.npz"]
         files += line_figure(ln, result.meta["line"], title, out_dir / name)
     if result.plane is not None:
@@ -293,11 +293,11 @@ def save(result: Landscape, out_dir: Path) -> list[Path]:
         name = "plane_" + "-".join(f"T{t}" for t in result.meta["plane"]["tasks"])
         rows = [{"x": x, "y": y, "task": int(task), "acc": pl["acc"][ki, yi, xi], "loss": pl["loss"][ki, yi, xi]}
                 for yi, y in enumerate(pl["ys"]) for xi, x in enumerate(pl["xs"]) for ki, task in enumerate(pl["tasks"])]
-        pd.DataFrame(rows).to_csv(out_dir / f"{name}.csv", index=False)
-        np.savez(out_dir / f"{name}.npz", **pl)
+        atomic_write_text(out_dir / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False))
+        atomic_write_with(out_dir / f"{name}.npz", lambda fh: np.savez(fh, **pl))
         files += [out_dir / f"{name}.csv", out_dir / f"{name}.npz"]
         files += plane_figures(pl, title, out_dir / name)
-    (out_dir / "landscape.json").write_text(json.dumps(result.meta, indent=1, default=float) + "\n")
+    atomic_write_text(out_dir / "landscape.json", json.dumps(result.meta, indent=1, default=float) + "\n")
     files.append(out_dir / "landscape.json")
     result.files = files
     return files
