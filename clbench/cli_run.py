@@ -86,10 +86,7 @@ def _resume(run_dir: Path, overrides: list[tuple[str, Any]], show: bool) -> None
     from .records import load_record
 
     main_rank = is_main_process()
-    try:
-        done = load_record(run_dir)["status"] == "complete"
-    except (OSError, ValueError, KeyError):
-        done = False  # resume() says what is wrong
+    done = load_record(run_dir)["status"] == "complete"  # a missing or damaged record: a clear error here
     if done and main_rank:
         console.print(f"{run_dir} is complete already; nothing to resume.", highlight=False)
     with ProgressReporter(err_console, enabled=show and not done) as reporter:

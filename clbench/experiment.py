@@ -157,11 +157,7 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     it belongs to the old values (weights on their way to a divergence, optimiser moments, the
     schedule) and would mix two settings in one task."""
     run_dir = Path(run_dir)
-    try:
-        record = load_record(run_dir)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{run_dir} is not a readable clbench run directory ({exc}). Pass the directory that "
-                          f"holds the run's record.json.") from None
+    record = load_record(run_dir)
     if record["status"] == "complete":
         return record
     cfg = config_from_record(record, overrides)
@@ -179,6 +175,8 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
                            f"({protocol['weights']}). Resume with the same weights file, or start a new run.")
     checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, dist=dist)
     point = checkpoints.load()
+    if point.fallback:
+        progress.log(f"[yellow]warning:[/] {point.fallback}")
     if point.tasks_done > len(record["tasks"]):
         raise ConfigError(f"The checkpoint in {run_dir} is ahead of its record ({point.tasks_done} tasks vs "
                           f"{len(record['tasks'])}); the record was not written. Start a new run.")

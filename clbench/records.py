@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .errors import OutputError
+from .errors import DamagedFileError, OutputError
+from .schema import SCHEMA_PATH, schema_problem  # noqa: F401 (SCHEMA_PATH: clbench.records.SCHEMA_PATH)
 from .statefile import split_extra
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "record.json"
-SCHEMA_PATH = Path(__file__).parent / "record_schema.json"
 STATE_LIMIT_BYTES = 64 << 20  # save_task_state=auto keeps per-task states up to this size
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it)
 os.umask(_UMASK)
@@ -278,6 +278,7 @@ class RunRecorder:
         entries, written before the run was killed and not covered by its checkpoint, are
         redone), set it running again and note the resume in ``resumes``."""
         record = dict(record)
+        record["run_dir"] = str(run_dir)  # where it is now (a run directory may have been moved)
         record["tasks"] = record["tasks"][:tasks_done]
         record["status"], record["finished"] = "running", None
         record.pop("error", None)
@@ -322,9 +323,23 @@ class RunRecorder:
 
 
 def load_record(path: Path) -> dict[str, Any]:
-    """Read a record (a ``record.json`` path or its run directory)."""
+    """Read a record (a ``record.json`` path or its run directory), checked against the
+    record schema before any field is used: a file that is missing, no JSON or does not
+    match the schema raises :class:`~clbench.errors.DamagedFileError` naming what is wrong."""
     path = Path(path)
     if path.is_dir():
         path = path / RECORD_NAME
-    with open(path) as fh:
-        return json.load(fh)
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DamagedFileError(f"There is no run record {path}. Pass a run directory written by 'clbench run' "
+                               f"(it holds record.json).") from None
+    except (OSError, ValueError) as exc:
+        raise DamagedFileError(f"The run record {path} is not readable JSON ({exc}); it was damaged or edited by "
+                               f"hand. Restore it from a copy, or remove the run directory and start a new run.") from None
+    problem = schema_problem(record)
+    if problem:
+        raise DamagedFileError(f"The run record {path} does not match clbench's record schema: {problem}. It was "
+                               f"damaged or edited by hand; restore it from a copy, or remove the run directory "
+                               f"and start a new run.")
+    return record

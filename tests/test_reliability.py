@@ -4,7 +4,9 @@ traceback (issue 16). Every bad input is generated here."""
 from __future__ import annotations
 
 import errno
+import re
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,3 +168,172 @@ def test_full_disk_while_checkpointing_leaves_a_truthful_resumable_run(tmp_path,
     record = resume(run_dir, cache=cache)
     assert record["status"] == "complete" and len(record["tasks"]) == 3
     assert not (run_dir / "checkpoint").exists()
+
+
+# ---------------------------------------------------------------------------- damaged and hostile files
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A lora run (3 tasks, 2 steps each, a step checkpoint after every step) that crashed
+    at the second step of task 3: boundary.pt after task 2 and step.pt within task 3."""
+    from clbench.engine.loop import Loop
+
+    out = tmp_path_factory.mktemp("stopped")
+    (planned,) = plan(["lora"], "shapes", [1993], None,
+                      TINY + [("engine.output_dir", str(out)), ("engine.checkpoint_every", 1)])
+    original, calls = Loop.step, {"n": 0}
+
+    def step(loop, spec, *args):
+        if spec.task_index == 2:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise Crash
+        return original(loop, spec, *args)
+
+    Loop.step = step
+    try:
+        with pytest.raises(Crash):
+            execute(planned)
+    finally:
+        Loop.step = original
+    (run_dir,) = (out / "shapes" / "lora").iterdir()
+    assert {p.name for p in (run_dir / "checkpoint").iterdir()} == {"boundary.pt", "step.pt"}
+    return run_dir
+
+
+@pytest.fixture
+def damaged(stopped_run, tmp_path):
+    """A fresh copy of the stopped run to damage (its record names the copy's directory)."""
+    import shutil
+
+    run_dir = tmp_path / stopped_run.name
+    shutil.copytree(stopped_run, run_dir)
+    return run_dir
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    import clbench.cli  # noqa: F401 (attaches the commands)
+    from clbench.cli_common import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def said(result, *parts: str) -> bool:
+    """Whether the command's output holds every part (line wrapping ignored)."""
+    flat = re.sub(r"\s+", "", result.output)
+    return all(re.sub(r"\s+", "", part) in flat for part in parts)
+
+
+def _pickled_payload(marker: Path) -> bytes:
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps({"version": 2, "tasks_done": 1, "model": Payload(), "rng": []})
+
+
+NOT_OURS = ("is no checkpoint clbench wrote: it is corrupt, or holds Python objects other than tensors and plain values "
+            "(it was refused, so nothing in it ran)")
+STEP_DAMAGE = {
+    "truncated": (lambda b: b[: len(b) // 2], "is truncated or corrupt (not a complete checkpoint archive)"),
+    "garbage": (lambda b: b"not a checkpoint" * 20, NOT_OURS),
+    "empty": (lambda b: b"", "is empty"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(STEP_DAMAGE))
+def test_a_damaged_step_checkpoint_falls_back_to_the_task_boundary(damaged, damage):
+    step = damaged / "checkpoint" / "step.pt"
+    spoil, problem = STEP_DAMAGE[damage]
+    step.write_bytes(spoil(step.read_bytes()))
+    result = cli("run", "--resume", damaged, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert said(result, f"warning: The step checkpoint {step} {problem}. It is ignored: the run resumes from the end "
+                        f"of task 2 (the last task boundary)."), result.output
+    record = load_record(damaged)
+    assert record["status"] == "complete" and len(record["tasks"]) == 3
+    assert record["resumes"][0]["within_task"] is None and "step checkpoint" in record["resumes"][0]["fallback"]
+    assert not (damaged / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("truncated", STEP_DAMAGE["truncated"][1]),
+    ("empty", "is empty"),
+    ("garbage", NOT_OURS),
+    ("pickled", NOT_OURS),
+    ("list", "is no clbench checkpoint of this version (missing or malformed: version, tasks_done, model, rng)"),
+])
+def test_a_damaged_task_checkpoint_is_one_clear_message(damaged, tmp_path, damage, problem):
+    boundary = damaged / "checkpoint" / "boundary.pt"
+    marker = tmp_path / "payload-ran"
+    if damage == "pickled":
+        boundary.write_bytes(_pickled_payload(marker))
+    elif damage == "list":
+        torch.save([1, 2, 3], boundary)
+    else:
+        spoil = STEP_DAMAGE[damage][0]
+        boundary.write_bytes(spoil(boundary.read_bytes()))
+    result = cli("run", "--resume", damaged, "--no-progress")
+    assert result.exit_code == 2 and said(
+        result, f"error: The task checkpoint {boundary} {problem}. Resuming needs it: delete it to resume from the "
+                f"first task (the finished tasks are trained again), or start a new run."), result.output
+    assert not marker.exists()
+    boundary.unlink()  # the advice works: the run starts again and completes
+    assert cli("run", "--resume", damaged, "--no-progress").exit_code == 0
+    assert load_record(damaged)["status"] == "complete"
+
+
+RECORD_EDITS = {
+    "no protocol": (lambda r: {k: v for k, v in r.items() if k != "protocol"}, "the record lacks 'protocol'"),
+    "task is a number": (lambda r: {**r, "tasks": [5]}, "tasks[0] is a number, not an object"),
+    "a list": (lambda r: [r], "the record is an array, not an object"),
+    "seed text": (lambda r: {**r, "seed": "x"}, "seed is a string, not an integer"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(RECORD_EDITS))
+@pytest.mark.parametrize("command", ["resume", "landscape"])
+def test_a_hand_edited_record_is_reported_as_not_matching_the_schema(damaged, edit, command):
+    import json
+
+    path = damaged / "record.json"
+    change, problem = RECORD_EDITS[edit]
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    args = ["run", "--resume", damaged] if command == "resume" else ["landscape", damaged, "--plane", "none"]
+    result = cli(*args, "--no-progress")
+    assert result.exit_code == 2 and said(
+        result, f"error: The run record {path} does not match clbench's record schema: {problem}. It was damaged or "
+                f"edited by hand; restore it from a copy, or remove the run directory and start a new run."), result.output
+
+
+def test_a_record_that_is_no_json_is_one_clear_message(damaged):
+    path = damaged / "record.json"
+    path.write_bytes(b"\xff\xfe{")
+    result = cli("run", "--resume", damaged)
+    assert result.exit_code == 2 and said(result, f"error: The run record {path} is not readable JSON"), result.output
+
+
+@pytest.mark.parametrize("content, detail", [
+    (lambda b: (10**12).to_bytes(8, "little") + b"{}", "header too large|HeaderTooLarge"),
+    (lambda b: (4).to_bytes(8, "little") + b"\xff\xfe\xfd\xfc", "utf|UTF|invalid"),
+    (lambda b: b[: len(b) // 2], ""),
+    (lambda b: b"", ""),
+])
+def test_a_damaged_task_state_is_one_clear_message_for_landscape(damaged, content, detail):
+    state = damaged / "state" / "task_00.safetensors"
+    state.write_bytes(content(state.read_bytes()))
+    result = cli("landscape", damaged, "--plane", "none", "--points", 2, "--no-progress")
+    assert result.exit_code == 2 and said(result, f"error: The task state {state} is damaged or no safetensors state "
+                                                  f"written by clbench (", "Restore it from a copy"), result.output
+    assert re.search(detail, result.output)

@@ -27,7 +27,7 @@ from ..config import RunConfig
 from ..engine.progress import ProgressReporter
 from ..engine.state import restore_state
 from ..engine.trainer import Trainer
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DamagedFileError, DataError
 from ..records import atomic_write_text, atomic_write_with, ensure_writable, load_record
 from ..resolve import config_from_record
 from ..statefile import load_state_file
@@ -100,7 +100,15 @@ def _solution(cfg: RunConfig, record: dict, run_dir: Path, task: int, cache: Any
     from ..experiment import build
 
     _, stream, method = build(cfg, cache)
-    restore_state(method, load_state_file(run_dir / record["tasks"][task]["state"]["file"]))
+    path = run_dir / record["tasks"][task]["state"]["file"]
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise DamagedFileError(f"The record of {run_dir} names a task state outside its run directory ({path}); "
+                               f"it was edited by hand. Restore the record from a copy.")
+    try:
+        restore_state(method, load_state_file(path))
+    except (KeyError, AttributeError, RuntimeError, TypeError) as exc:
+        raise DamagedFileError(f"The task state {path} does not fit a freshly built '{record['method']}' ({exc}); it "
+                               f"was replaced or damaged. Restore it from a copy, or re-run the run.") from None
     return stream, method
 
 
