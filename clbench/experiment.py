@@ -159,6 +159,7 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     run_dir = Path(run_dir)
     record = load_record(run_dir)
     if record["status"] == "complete":
+        Checkpointer(run_dir / CHECKPOINT_DIR).discard()  # left behind if the run was killed while removing it
         return record
     cfg = config_from_record(record, overrides)
     changed = [f"{k}={v}" for k, v in overrides if not (k.startswith("engine.") and k.split(".")[1] in RESULT_NEUTRAL_ENGINE)]

@@ -337,3 +337,55 @@ def test_a_damaged_task_state_is_one_clear_message_for_landscape(damaged, conten
     assert result.exit_code == 2 and said(result, f"error: The task state {state} is damaged or no safetensors state "
                                                   f"written by clbench (", "Restore it from a copy"), result.output
     assert re.search(detail, result.output)
+
+
+# ---------------------------------------------------------------------------- housekeeping
+
+def test_unfinished_run_directories_are_counted_listed_and_removed(stopped_run, tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "results"
+    parent = root / "shapes" / "lora"
+    parent.mkdir(parents=True)
+    states = {"20260101-000000-s1-aaaaaa": "failed", "20260101-000000-s2-bbbbbb": "running",
+              "20260101-000000-s3-cccccc": "complete"}
+    for name, status in states.items():
+        shutil.copytree(stopped_run, parent / name)
+        record = json.loads((parent / name / "record.json").read_text())
+        (parent / name / "record.json").write_text(json.dumps({**record, "status": status}))
+    (parent / "20260101-000000-s4-dddddd").mkdir()  # killed before its record was written
+    (parent / "20260101-000000-s5-eeeeee").mkdir()
+    (parent / "20260101-000000-s5-eeeeee" / "record.json").write_text("{")
+    expected = ("5 unfinished run directories (1 failed, 1 leftover checkpoint, 1 no record, 1 running, "
+                "1 unreadable record)")
+
+    listing = cli("clean", root)
+    assert listing.exit_code == 0 and said(listing, expected, "Continue one with 'clbench run --resume RUN_DIR'")
+    line = f"{expected}. List them with 'clbench clean {root}'; remove them with 'clbench clean {root} --remove'"
+    dry = cli("sweep", "--methods", "simplecil", "--output-dir", root, "--dry-run")
+    assert dry.exit_code == 0 and said(dry, line), dry.output
+    report = cli("report", root, "--no-plots", "--no-html")  # the one complete run is reported
+    assert report.exit_code == 0 and said(report, "3 record(s) skipped", line), report.output
+
+    kept = cli("clean", root, "--remove")  # everything was written just now: maybe still running
+    assert said(kept, "Removed 0 of 5.", "Kept 5 written to in the last 24 h") and len(list(parent.iterdir())) == 5
+    assert cli("clean", root, "--remove", "--idle", 0).exit_code == 0
+    assert [p.name for p in parent.iterdir()] == ["20260101-000000-s3-cccccc"]  # complete: only its checkpoint went
+    assert not (parent / "20260101-000000-s3-cccccc" / "checkpoint").exists()
+    assert said(cli("clean", root), f"No unfinished run directories under {root}.")
+
+
+def test_report_without_complete_runs_counts_the_unfinished_ones(tmp_path):
+    (tmp_path / "shapes" / "lora" / "20260101-000000-s1-aaaaaa").mkdir(parents=True)
+    result = cli("report", tmp_path)
+    assert result.exit_code == 2 and said(result, "No complete run records under", "1 unfinished run directory "
+                                                  "(1 no record): see 'clbench clean'."), result.output
+
+
+def test_resuming_a_complete_run_removes_a_leftover_checkpoint(damaged):
+    import json
+
+    path = damaged / "record.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "complete"}))
+    assert resume(damaged)["status"] == "complete" and not (damaged / "checkpoint").exists()

@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
+from ..housekeeping import summary as unfinished_summary
+from ..housekeeping import unfinished_runs
 from ..records import atomic_write_text, ensure_writable
 from .aggregate import PaperTable, paper_tables, setting_notes, summarize
 from .collect import Collection, collect, find_records
@@ -33,6 +35,8 @@ def gather(paths: list[Path]) -> Report:
         where = ", ".join(str(p) for p in paths)
         found = len(find_records(paths))
         detail = f" {coll.skipped_summary()}" if coll.skipped else ""
+        unfinished = unfinished_summary(unfinished_runs(paths))
+        detail += f" {unfinished}: see 'clbench clean'." if unfinished else ""
         raise DataError(
             f"No complete run records under {where} ({found} record file(s) found).{detail} Run "
             f"'clbench run --methods ...' first, or pass the directory that holds the runs "
