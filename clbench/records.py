@@ -248,7 +248,10 @@ def save_state(run_dir: Path, index: int, state: Mapping[str, Any], policy: str)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     if policy == "auto" and size > STATE_LIMIT_BYTES:
         return {"file": None, "bytes": size, "skipped": "larger than 64 MB; set engine.save_task_state=always"}
-    (run_dir / "state").mkdir(exist_ok=True)
+    try:
+        (run_dir / "state").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise output_error(run_dir / "state", exc) from exc
     rel = f"state/task_{index:02d}.safetensors"
     atomic_write_bytes(run_dir / rel, save(tensors, metadata=meta or None))
     return {"file": rel, "bytes": size}
