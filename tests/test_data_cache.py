@@ -145,3 +145,20 @@ def test_a_damaged_cache_index_is_rebuilt(data, damage, capsys):
     with pytest.raises(DataError, match=r"The decoded cache .* is damaged \(.*train.index.npy cannot be read.*\)\. "
                                         r"Delete that folder and run 'clbench data prepare' again\."):
         cache_mod.open_split(directory, "train", bench.lists(cfg).train, bench.pipeline(cfg))
+
+
+def test_a_full_disk_while_building_is_one_clear_error_and_leaves_no_cache(data, monkeypatch):
+    import errno
+    import os
+
+    from clbench.errors import OutputError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_mod.np, "save", full)
+    with pytest.raises(OutputError, match=r"Cannot write .*\.tmp-\d+: the disk \(or your quota\) is full"):
+        prepare(data)
+    monkeypatch.undo()
+    assert not [p for p in cache_mod.cache_root().rglob("*") if p.is_dir() and ".tmp-" in p.name]
+    assert load("imagenet_r", data).info["loader"] == "files"

@@ -401,3 +401,15 @@ def test_resuming_a_complete_run_removes_a_leftover_checkpoint(damaged):
     path = damaged / "record.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "status": "complete"}))
     assert resume(damaged)["status"] == "complete" and not (damaged / "checkpoint").exists()
+
+
+def test_a_record_naming_a_state_outside_its_run_is_refused(damaged):
+    import json
+
+    path = damaged / "record.json"
+    record = json.loads(path.read_text())
+    record["tasks"][0]["state"]["file"] = "../../../etc/passwd"
+    path.write_text(json.dumps(record))
+    result = cli("landscape", damaged, "--plane", "none", "--points", 2, "--no-progress")
+    assert result.exit_code == 2 and said(result, f"error: The record of {damaged} names a task state outside its run "
+                                                  f"directory"), result.output

@@ -90,6 +90,9 @@ def _check_tasks(record: dict[str, Any], run_dir: Path, tasks: list[int]) -> Non
             raise ConfigError(f"The run {run_dir} finished {done} task(s); task {t + 1} does not exist. "
                               f"Choose tasks between 1 and {done}.")
         state = record["tasks"][t].get("state") or {}
+        if state.get("file") and not (run_dir / state["file"]).resolve().is_relative_to(run_dir.resolve()):
+            raise DamagedFileError(f"The record of {run_dir} names a task state outside its run directory "
+                                   f"({state['file']}); it was edited by hand. Restore the record from a copy.")
         if not state.get("file") or not (run_dir / state["file"]).is_file():
             why = state.get("skipped") or "engine.save_task_state=never, or the file was removed"
             raise DataError(f"The run {run_dir} did not keep the state after task {t + 1} ({why}). Landscapes "
@@ -100,10 +103,7 @@ def _solution(cfg: RunConfig, record: dict, run_dir: Path, task: int, cache: Any
     from ..experiment import build
 
     _, stream, method = build(cfg, cache)
-    path = run_dir / record["tasks"][task]["state"]["file"]
-    if not path.resolve().is_relative_to(run_dir.resolve()):
-        raise DamagedFileError(f"The record of {run_dir} names a task state outside its run directory ({path}); "
-                               f"it was edited by hand. Restore the record from a copy.")
+    path = run_dir / record["tasks"][task]["state"]["file"]  # inside run_dir (_check_tasks)
     try:
         restore_state(method, load_state_file(path))
     except (KeyError, AttributeError, RuntimeError, TypeError) as exc:
