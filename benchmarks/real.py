@@ -192,6 +192,10 @@ class RealBenchmark(Benchmark):
         name = self.registered_name
         if cfg.cache != "off":
             directory = cache_mod.cache_dir(cache_mod.cache_root(cfg.cache_dir), name, lists, pipe)
+            problem = cache_mod.read_meta(directory) is not None and cache_mod.cache_problem(directory, lists)
+            if problem:
+                print(f"note: the decoded cache {directory} is damaged ({problem}); rebuilding it.", file=sys.stderr)
+                cache_mod.build_cache(name, lists, pipe, cache_mod.cache_root(cfg.cache_dir))
             if cache_mod.read_meta(directory) is not None:
                 (train, bad_train), (test, bad_test) = (cache_mod.open_split(directory, s, getattr(lists, s), pipe)
                                                         for s in ("train", "test"))

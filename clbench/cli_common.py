@@ -45,6 +45,18 @@ def friendly(func: Callable) -> Callable:
     return wrapper
 
 
+def print_unfinished(paths: list[Path]) -> None:
+    """One line on stderr when run directories under ``paths`` are unfinished."""
+    from .housekeeping import summary, unfinished_runs
+
+    line = summary(unfinished_runs(paths))
+    if line:
+        where = " ".join(str(p) for p in paths)
+        err_console.print(f"[yellow]{line}.[/] List them with 'clbench clean {where}'; remove them with "
+                          f"'clbench clean {where} --remove' (or continue one with 'clbench run --resume RUN_DIR').",
+                          highlight=False, soft_wrap=True)
+
+
 def split_list(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 

@@ -263,4 +263,6 @@ def speed(
                       f"{row['speedup']:.1f}x")
     console.print(table)
     if json_out:
-        json_out.write_text(json.dumps(result, indent=1))
+        from .records import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(result, indent=1))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import app, console, err_console, friendly, split_list
+from .cli_common import app, console, err_console, friendly, print_unfinished, split_list
 from .errors import ConfigError
 
 
@@ -39,9 +39,52 @@ def report(
         console.print(f"  {note}", highlight=False, soft_wrap=True)
     if rep.collection.skipped:
         err_console.print(f"[yellow]{rep.collection.skipped_summary()}[/] Details in {out_dir / 'tables.md'}.", highlight=False)
+    print_unfinished(paths)
     write(rep, out_dir, plots=plots, html=html, source=", ".join(str(p) for p in paths))
     console.print(f"wrote {len(rep.files)} files to {out_dir}" + (f"; open {out_dir / 'index.html'}" if html else ""),
                   highlight=False)
+
+
+@app.command()
+@friendly
+def clean(
+    results_dir: Annotated[list[Path] | None, typer.Argument(help="Directories to look in; default: results.")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Delete the unfinished run directories listed.")] = False,
+    idle: Annotated[float, typer.Option(help="With --remove: only directories nothing was written to for this many "
+                                             "hours (a run still going is never removed).", min=0)] = 24.0,
+) -> None:
+    """List run directories of killed, stopped or failed runs (and leftover checkpoints of complete ones); --remove deletes them."""
+    from rich.table import Table
+
+    from .housekeeping import remove as remove_dir
+    from .housekeeping import summary, unfinished_runs
+
+    paths = list(results_dir or [Path("results")])
+    for p in paths:
+        if not p.exists():
+            raise ConfigError(f"{p} does not exist. Pass the directory your runs wrote to (engine.output_dir, default 'results').")
+    found = unfinished_runs(paths)
+    if not found:
+        console.print(f"No unfinished run directories under {', '.join(map(str, paths))}.", highlight=False)
+        return
+    table = Table(title=summary(found))
+    for col in ("run directory", "state", "idle"):
+        table.add_column(col)
+    for item in found:
+        table.add_row(str(item.run_dir), item.state, f"{item.idle_s / 3600:.1f} h")
+    console.print(table)
+    if not remove:
+        console.print("Continue one with 'clbench run --resume RUN_DIR', or delete them with --remove "
+                      "(a complete run loses only its leftover checkpoint/).", highlight=False)
+        return
+    kept = [item for item in found if item.idle_s < idle * 3600]
+    for item in found:
+        if item not in kept:
+            remove_dir(item)
+    console.print(f"Removed {len(found) - len(kept)} of {len(found)}.", highlight=False)
+    if kept:
+        console.print(f"Kept {len(kept)} written to in the last {idle:g} h (maybe still running); pass --idle 0 to "
+                      f"remove them too.", highlight=False)
 
 
 def _tasks(text: str, what: str) -> list[int]:

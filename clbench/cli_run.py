@@ -86,10 +86,7 @@ def _resume(run_dir: Path, overrides: list[tuple[str, Any]], show: bool) -> None
     from .records import load_record
 
     main_rank = is_main_process()
-    try:
-        done = load_record(run_dir)["status"] == "complete"
-    except (OSError, ValueError, KeyError):
-        done = False  # resume() says what is wrong
+    done = load_record(run_dir)["status"] == "complete"  # a missing or damaged record: a clear error here
     if done and main_rank:
         console.print(f"{run_dir} is complete already; nothing to resume.", highlight=False)
     with ProgressReporter(err_console, enabled=show and not done) as reporter:
@@ -204,7 +201,9 @@ def bench(
                       f"{load['loader_img_s_memory']:.0f} img/s plain, {load['loader_img_s_memory_augment']:.0f} img/s "
                       f"with crop+flip ({load['augment_cost']:.2f}x slower)", highlight=False)
     if json_out:
-        json_out.write_text(json.dumps({"methods": rows, "loader": load}, indent=1))
+        from .records import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps({"methods": rows, "loader": load}, indent=1))
 
 
 def bench_table(rows: list[dict], backbone: str) -> Table:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .cli_common import app, console, friendly, parse_seeds, split_list
+from .cli_common import app, console, friendly, parse_seeds, print_unfinished, split_list
 
 
 def _coerce_scalar(text: str) -> Any:
@@ -71,6 +71,7 @@ def sweep(
     console.print(f"sweep: {len(jobs)} runs ({counts['start']} to start, {counts['resume']} to resume, "
                   f"{counts['skip']} complete already) · executor {spec.executor} · {spec.output_dir}", highlight=False)
     if dry_run:
+        print_unfinished([Path(spec.output_dir)])
         table = Table(title="planned runs")
         for col in ("run", "key", "action"):
             table.add_column(col)

@@ -29,6 +29,9 @@ from typing import Any, Literal
 from .errors import ConfigError, closest
 
 SECTIONS = ("engine", "train", "backbone", "benchmark", "method")
+# Larger learning rates overflow float32 updates (a RuntimeError inside the optimiser), and
+# no real run uses one.
+MAX_LR = 1_000_000
 
 
 # Engine keys that cannot change a run's numbers: a resume may change them without marking the
@@ -185,20 +188,20 @@ class EngineConfig:
 class TrainConfig:
     """The optimisation loop; the engine applies it identically to every method."""
 
-    epochs: int = option(5, "training epochs per task", ge=0)
+    epochs: int = option(5, "training epochs per task", ge=1)
     batch_size: int = option(64, "global batch size (divided over ranks under DDP)", ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = option("sgd", "optimiser")
-    lr: float = option(0.01, "learning rate", gt=0)
+    lr: float = option(0.01, "learning rate", gt=0, le=MAX_LR)
     momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
     betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW betas", ge=0, lt=1)
-    weight_decay: float = option(0.0, "weight decay", ge=0)
+    weight_decay: float = option(0.0, "weight decay", ge=0, le=MAX_LR)
     schedule: Literal["constant", "cosine", "multistep", "coda-cosine"] = option(
         "constant", "learning-rate schedule, stepped per epoch")
     # coda-cosine: CODA-Prompt's lr·cos(99π·e / (200·(E−1))) (ends near 0.016·lr, not 0)
     milestones: tuple[int, ...] = option((), "multistep: epochs at which lr *= gamma", ge=0)
     gamma: float = option(0.1, "multistep: factor applied to lr at each milestone", gt=0)
-    first_task_epochs: int | None = option(None, "epochs of the first task (PyCIL 'init_epoch'); None: epochs", ge=0)
-    first_task_lr: float | None = option(None, "learning rate of the first task (PyCIL 'init_lr'); None: lr", gt=0)
+    first_task_epochs: int | None = option(None, "epochs of the first task (PyCIL 'init_epoch'); None: epochs", ge=1)
+    first_task_lr: float | None = option(None, "learning rate of the first task (PyCIL 'init_lr'); None: lr", gt=0, le=MAX_LR)
     first_task_milestones: tuple[int, ...] | None = option(
         None, "multistep milestones of the first task; None: milestones", ge=0)
     grad_clip: float | None = option(None, "max global gradient norm; None disables clipping", gt=0)

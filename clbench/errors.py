@@ -37,6 +37,11 @@ class OutputError(ClbenchError):
     """A results directory that cannot be created or written."""
 
 
+class DamagedFileError(ClbenchError):
+    """A file clbench wrote (record, checkpoint, task state, cache) that is damaged, truncated,
+    edited into something else, or not a clbench file at all; it was not used."""
+
+
 class TrainingDiverged(ClbenchError):
     """The loss became NaN or infinite."""
 

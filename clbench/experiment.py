@@ -27,7 +27,7 @@ from .engine.progress import ProgressReporter
 from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
 from .engine.trainer import Trainer
 from .metrics import stability_plasticity
-from .errors import ConfigError, DataError, TrainingDiverged, WeightsError
+from .errors import ConfigError, DataError, OutputError, TrainingDiverged, WeightsError
 from .records import RunRecorder, ensure_writable, header, jsonable, load_record, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
 from .resolve import Override, PlannedRun, config_from_record, resolve
@@ -56,10 +56,30 @@ def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: s
         check_loggers(cfg.engine.loggers)
         _check_weights(cfg.backbone)
         if cache is not None:
-            cache.get(cfg)
+            bench, data = cache.get(cfg)
+            check_training_steps(cfg, bench.stream(data, cfg.benchmark_cfg, cfg.seed))
     for out in {run.config.engine.output_dir for run in runs}:
         ensure_writable(Path(out))
     return runs
+
+
+def check_training_steps(cfg: RunConfig, stream: Any) -> None:
+    """A method that trains must take at least one optimisation step on every task: refuse
+    a run in which a task's training data give no batch (none at all, or fewer samples than
+    ``train.batch_size`` with ``train.drop_last``), instead of recording a run that did not train."""
+    method_cls = METHODS.get(cfg.method)
+    if not method_cls.trains:
+        return
+    train = cfg.train
+    for task in stream.tasks:
+        n = len(stream.train_data(task.index, cumulative=method_cls.cumulative_data, augment=False))
+        if n == 0 or (train.drop_last and n < train.batch_size):
+            fix = (f"--set train.batch_size={max(1, n)} or --set train.drop_last=false" if n else
+                   "choose a benchmark setting that gives every task training data")
+            raise ConfigError(
+                f"Task {task.index + 1} of {cfg.benchmark} has {n} training samples, which with train.batch_size="
+                f"{train.batch_size}{' and train.drop_last=true' if train.drop_last else ''} gives no training step: "
+                f"'{cfg.method}' would record a run that did not train. Fix it, e.g. {fix}.")
 
 
 def _check_weights(cfg: BackboneConfig) -> None:
@@ -118,6 +138,7 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
     dist = current_dist(resolve_device(cfg.engine.device))
     progress = _progress_for(progress, dist)
     data, stream, method = build(cfg, cache)
+    check_training_steps(cfg, stream)
     backbone = method.backbone
     device = dist.device(resolve_device(cfg.engine.device))
     made = str(new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)) if dist.is_main else None
@@ -139,18 +160,16 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     it belongs to the old values (weights on their way to a divergence, optimiser moments, the
     schedule) and would mix two settings in one task."""
     run_dir = Path(run_dir)
-    try:
-        record = load_record(run_dir)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{run_dir} is not a readable clbench run directory ({exc}). Pass the directory that "
-                          f"holds the run's record.json.") from None
+    record = load_record(run_dir)
     if record["status"] == "complete":
+        Checkpointer(run_dir / CHECKPOINT_DIR).discard()  # left behind if the run was killed while removing it
         return record
     cfg = config_from_record(record, overrides)
     changed = [f"{k}={v}" for k, v in overrides if not (k.startswith("engine.") and k.split(".")[1] in RESULT_NEUTRAL_ENGINE)]
     dist = current_dist(resolve_device(cfg.engine.device))
     progress = _progress_for(progress, dist)
     data, stream, method = build(cfg, cache)
+    check_training_steps(cfg, stream)
     protocol = record["protocol"]
     if stream.order.tolist() != protocol["class_order"] or data.split_id != protocol["split_id"]:
         raise DataError(f"The benchmark data differ from those the run in {run_dir} started with (class order or "
@@ -160,6 +179,8 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
                            f"({protocol['weights']}). Resume with the same weights file, or start a new run.")
     checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, dist=dist)
     point = checkpoints.load()
+    if point.fallback:
+        progress.log(f"[yellow]warning:[/] {point.fallback}")
     if point.tasks_done > len(record["tasks"]):
         raise ConfigError(f"The checkpoint in {run_dir} is ahead of its record ({point.tasks_done} tasks vs "
                           f"{len(record['tasks'])}); the record was not written. Start a new run.")
@@ -230,6 +251,10 @@ def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist
         message = f"{exc} To continue from the last checkpoint with other settings: clbench run --resume {run_dir} --set train.lr=..."
         recorder.finish("failed", message)
         raise TrainingDiverged(message) from None
+    except OutputError as exc:  # a full disk or an I/O error: every file written before is intact
+        message = f"{exc} The run stopped; once the disk has room, continue it with: clbench run --resume {run_dir}"
+        recorder.finish("failed", message)
+        raise OutputError(message) from None
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .errors import OutputError
+from .errors import DamagedFileError, OutputError
+from .schema import SCHEMA_PATH, schema_problem  # noqa: F401 (SCHEMA_PATH: clbench.records.SCHEMA_PATH)
 from .statefile import split_extra
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "record.json"
-SCHEMA_PATH = Path(__file__).parent / "record_schema.json"
 STATE_LIMIT_BYTES = 64 << 20  # save_task_state=auto keeps per-task states up to this size
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it)
 os.umask(_UMASK)
@@ -54,7 +54,8 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _os_error(path: Path, exc: OSError) -> OutputError:
+def output_error(path: Path, exc: OSError) -> OutputError:
+    """The one message for a write that failed: what happened to ``path`` and what to do."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         problem, fix = "the disk (or your quota) is full", "Free disk space or choose another disk with --output-dir"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -67,11 +68,29 @@ def _os_error(path: Path, exc: OSError) -> OutputError:
     )
 
 
+_WRITER_FAILURES = ("PytorchStreamWriter", "inline_container", "file write failed")
+
+
+def _write_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: the exception itself, or the one behind torch's zip
+    writer's RuntimeError (it reports a full disk as 'file write failed' or 'unexpected pos')."""
+    if isinstance(exc, OSError):
+        return exc
+    if not isinstance(exc, RuntimeError):
+        return None
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        return cause
+    if any(marker in str(exc) for marker in _WRITER_FAILURES):
+        return OSError(errno.EIO, "the write failed (a full disk or an I/O error)")
+    return None
+
+
 def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write ``path`` through ``write(file)`` on a temporary file in the same directory, then
-    ``os.replace``: readers see the old file or the new one, never a part. A failure (disk
-    full, permissions) removes the temporary file, keeps the old one and raises
-    :class:`~clbench.errors.OutputError`."""
+    ``os.replace``: readers see the old file or the new one, never a part. Every failure
+    removes the temporary file and keeps the old one; a full disk or an I/O error (also as
+    torch's zip-writer ``RuntimeError``) raises :class:`~clbench.errors.OutputError`."""
     path = Path(path)
     tmp = None
     try:
@@ -82,10 +101,18 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
-        raise _os_error(path, exc) from exc
+        failure = _write_failure(exc)
+        if failure is None:
+            raise
+        raise output_error(path, failure) from exc
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_with`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -104,7 +131,7 @@ def ensure_writable(directory: Path) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        raise _os_error(directory, exc) from exc
+        raise output_error(directory, exc) from exc
 
 
 def new_run_dir(output_dir: Path, benchmark: str, method: str, seed: int) -> Path:
@@ -121,7 +148,7 @@ def new_run_dir(output_dir: Path, benchmark: str, method: str, seed: int) -> Pat
             except FileExistsError:
                 continue
     except OSError as exc:
-        raise _os_error(parent, exc) from exc
+        raise output_error(parent, exc) from exc
 
 
 def environment() -> dict[str, Any]:
@@ -221,7 +248,10 @@ def save_state(run_dir: Path, index: int, state: Mapping[str, Any], policy: str)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     if policy == "auto" and size > STATE_LIMIT_BYTES:
         return {"file": None, "bytes": size, "skipped": "larger than 64 MB; set engine.save_task_state=always"}
-    (run_dir / "state").mkdir(exist_ok=True)
+    try:
+        (run_dir / "state").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise output_error(run_dir / "state", exc) from exc
     rel = f"state/task_{index:02d}.safetensors"
     atomic_write_bytes(run_dir / rel, save(tensors, metadata=meta or None))
     return {"file": rel, "bytes": size}
@@ -251,6 +281,7 @@ class RunRecorder:
         entries, written before the run was killed and not covered by its checkpoint, are
         redone), set it running again and note the resume in ``resumes``."""
         record = dict(record)
+        record["run_dir"] = str(run_dir)  # where it is now (a run directory may have been moved)
         record["tasks"] = record["tasks"][:tasks_done]
         record["status"], record["finished"] = "running", None
         record.pop("error", None)
@@ -295,9 +326,23 @@ class RunRecorder:
 
 
 def load_record(path: Path) -> dict[str, Any]:
-    """Read a record (a ``record.json`` path or its run directory)."""
+    """Read a record (a ``record.json`` path or its run directory), checked against the
+    record schema before any field is used: a file that is missing, no JSON or does not
+    match the schema raises :class:`~clbench.errors.DamagedFileError` naming what is wrong."""
     path = Path(path)
     if path.is_dir():
         path = path / RECORD_NAME
-    with open(path) as fh:
-        return json.load(fh)
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DamagedFileError(f"There is no run record {path}. Pass a run directory written by 'clbench run' "
+                               f"(it holds record.json).") from None
+    except (OSError, ValueError) as exc:
+        raise DamagedFileError(f"The run record {path} is not readable JSON ({exc}); it was damaged or edited by "
+                               f"hand. Restore it from a copy, or remove the run directory and start a new run.") from None
+    problem = schema_problem(record)
+    if problem:
+        raise DamagedFileError(f"The run record {path} does not match clbench's record schema: {problem}. It was "
+                               f"damaged or edited by hand; restore it from a copy, or remove the run directory "
+                               f"and start a new run.")
+    return record

@@ -373,6 +373,8 @@ def run_local(jobs: Sequence[Job], workers: int, sweep_dir: Path, poll_s: float 
     checkpoint) and starts no more."""
     import signal
 
+    from .records import atomic_write_json
+
     logs = sweep_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     gpus = _visible_gpus()
@@ -388,7 +390,7 @@ def run_local(jobs: Sequence[Job], workers: int, sweep_dir: Path, poll_s: float 
                 i, job = pending.pop(0)
                 slot = free_slots.pop(0)
                 job_file, out_file = sweep_dir / f"job-{i:04d}.json", sweep_dir / f"job-{i:04d}.out.json"
-                job_file.write_text(json.dumps(job.to_dict()))
+                atomic_write_json(job_file, job.to_dict())
                 env = dict(os.environ)
                 env.setdefault("OMP_NUM_THREADS", str(threads))
                 if gpus:

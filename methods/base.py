@@ -136,6 +136,10 @@ class CLMethod(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     #: Train task t on the data of tasks 0..t (the joint upper bound) instead of task t only.
     cumulative_data: ClassVar[bool] = False
+    #: Whether the engine's main training optimises anything. A run in which a task of a
+    #: training method would take zero steps (e.g. batch larger than the task's data with
+    #: ``train.drop_last``) is refused when planned; False: trains nothing by design.
+    trains: ClassVar[bool] = True
     #: The name it is registered under (set by :func:`~clbench.registry.register_method`).
     registered_name: ClassVar[str] = ""
 

@@ -15,6 +15,8 @@ from .base import CLMethod
 class SimpleCIL(CLMethod):
     """Prototype classifier (cosine to class means) on the frozen backbone; no training."""
 
+    trains = False
+
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         self.freeze_backbone()

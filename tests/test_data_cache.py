@@ -122,3 +122,43 @@ def test_the_data_speed_measurement_runs():
     result = speed.run(n_images=6, size=(64, 48), workers=[0], image_size=32, min_seconds=0.01, log=lambda *a: None)
     assert [(r["transform"], r["workers"]) for r in result["rows"]] == [("train", 0), ("eval", 0)]
     assert all(r["files_img_s"] > 0 and r["cache_img_s"] > 0 for r in result["rows"])
+
+
+@pytest.mark.parametrize("damage", ["pickled", "truncated", "outside"])
+def test_a_damaged_cache_index_is_rebuilt(data, damage, capsys):
+    directory, _ = prepare(data)
+    index_file = directory / "train.index.npy"
+    good = np.load(index_file)
+    if damage == "pickled":  # 'Object arrays cannot be loaded when allow_pickle=False' before
+        np.save(index_file, np.array([{"a": 1}] * len(good), dtype=object), allow_pickle=True)
+    elif damage == "truncated":
+        index_file.write_bytes(index_file.read_bytes()[:100])
+    else:
+        bad = good.copy()
+        bad[0, 0] = 10**12
+        np.save(index_file, bad)
+    cached = load("imagenet_r", data)
+    assert "damaged" in capsys.readouterr().err and cached.info["loader"] == "cache"
+    assert np.array_equal(np.load(index_file), good)  # rebuilt as it was
+    bench, cfg = bench_cfg("imagenet_r", data)
+    index_file.write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"The decoded cache .* is damaged \(.*train.index.npy cannot be read.*\)\. "
+                                        r"Delete that folder and run 'clbench data prepare' again\."):
+        cache_mod.open_split(directory, "train", bench.lists(cfg).train, bench.pipeline(cfg))
+
+
+def test_a_full_disk_while_building_is_one_clear_error_and_leaves_no_cache(data, monkeypatch):
+    import errno
+    import os
+
+    from clbench.errors import OutputError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_mod.np, "save", full)
+    with pytest.raises(OutputError, match=r"Cannot write .*\.tmp-\d+: the disk \(or your quota\) is full"):
+        prepare(data)
+    monkeypatch.undo()
+    assert not [p for p in cache_mod.cache_root().rglob("*") if p.is_dir() and ".tmp-" in p.name]
+    assert load("imagenet_r", data).info["loader"] == "files"

@@ -91,21 +91,26 @@ def test_full_disk_mid_run_keeps_the_written_record(tmp_path, monkeypatch):
 def test_diverging_loss_stops_cleanly_and_resumes_with_other_settings(tmp_path):
     cache = DataCache()
     overrides = TINY + [("engine.output_dir", str(tmp_path)), ("engine.checkpoint_every", 1),
-                        ("train.first_task_lr", 0.01), ("train.lr", 1e12)]  # task 2 diverges
+                        ("train.first_task_lr", 0.01), ("train.lr", 1e6)]  # task 2 diverges
     (planned,) = plan(["finetune"], "shapes", [1993], None, overrides)
-    with pytest.raises(TrainingDiverged, match="became nan in task 2.*clbench run --resume"):
+    with pytest.raises(TrainingDiverged, match="(became nan|made the parameters NaN or infinite) in task 2.*clbench run --resume"):
         execute(planned, cache=cache)
     (run_dir,) = (tmp_path / "shapes" / "finetune").iterdir()
     failed = load_record(run_dir)
     assert failed["status"] == "failed" and "Lower train.lr" in failed["error"] and len(failed["tasks"]) == 1
     assert all(v == v for v in failed["accuracy_matrix"][0])  # the record holds no garbage
-    # no checkpoint of the diverged weights: the resume point is the end of task 1
-    assert (run_dir / "checkpoint" / "boundary.pt").exists() and not (run_dir / "checkpoint" / "step.pt").exists()
-    boundary = torch.load(run_dir / "checkpoint" / "boundary.pt", weights_only=True)
-    assert all(t.isfinite().all() for t in boundary["model"].values() if torch.is_tensor(t) and t.is_floating_point())
+    # no checkpoint of diverged weights: the task boundary after task 1 and, at most, a step
+    # checkpoint from before the weights broke
+    assert (run_dir / "checkpoint" / "boundary.pt").exists()
+    for name in ("boundary.pt", "step.pt"):
+        if (run_dir / "checkpoint" / name).exists():
+            saved = torch.load(run_dir / "checkpoint" / name, weights_only=True)
+            assert all(t.isfinite().all() for t in saved["model"].values() if torch.is_tensor(t) and t.is_floating_point())
 
     record = resume(run_dir, cache=cache, overrides=[("train.lr", 0.01)])
     assert record["status"] == "complete" and len(record["tasks"]) == 3
     assert record["tasks"][0] == failed["tasks"][0]  # task 1 kept as it was
     assert record["comparable"] is False and "train.lr=0.01" in record["noncomparable_reasons"][0]
     assert record["resumes"][0]["overrides"] == [["train.lr", "0.01"]] and record["config"]["train"]["lr"] == 0.01
+    assert record["resumes"][0]["tasks_done"] == 1 and record["resumes"][0]["within_task"] is None  # task 2 anew
+    assert record["tasks"][1]["steps"] == 2 and record["tasks"][1]["lr"] == 0.01

@@ -104,8 +104,8 @@ def test_method_scoped_keys_reach_only_their_method():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ([("train.lr", "-1")], r"'train.lr' must be > 0, got -1.0\. Fix it, e.g. --set train.lr=0.01"),
-    ([("train.lr", "nan")], "'train.lr' must be > 0, got nan"),
+    ([("train.lr", "-1")], r"'train.lr' must be in \(0, 1000000\], got -1.0\. Fix it, e.g. --set train.lr=0.01"),
+    ([("train.lr", "nan")], "'train.lr' must be in \\(0, 1000000\\], got nan"),
     ([("toy.rank", "0")], r"'toy.rank' must be >= 1, got 0\. Fix it, e.g. --set toy.rank=4"),
     ([("benchmark.size", "0")], "'benchmark.size' must be >= 1, got 0"),
 ])
@@ -145,7 +145,7 @@ def test_a_record_rebuilds_its_config_with_train_and_engine_changes(paper):
         rebuild(record, [("method.rank", "5")])
     with pytest.raises(ConfigError, match="Cannot change 'engine.output_dir'"):
         rebuild(record, [("engine.output_dir", "elsewhere")])
-    with pytest.raises(ConfigError, match="'train.lr' must be > 0"):
+    with pytest.raises(ConfigError, match="'train.lr' must be in \\(0, 1000000\\]"):
         rebuild(record, [("train.lr", "0")])
     with pytest.raises(ConfigError, match=r"Cannot change 'train.lr'.*only engine\.\* values"):
         rebuild(record, [("train.lr", "0.02")], changeable=("engine.",))

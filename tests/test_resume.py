@@ -11,7 +11,7 @@ import pytest
 
 from clbench.engine.loop import Loop
 from clbench.engine.trainer import Trainer
-from clbench.errors import ConfigError
+from clbench.errors import ConfigError, DamagedFileError
 from clbench.experiment import DataCache, execute, plan, resume
 from clbench.records import SCHEMA_PATH, load_record
 from clbench.registry import METHODS
@@ -143,15 +143,18 @@ def test_every_method_resumes_to_the_same_results(method, tmp_path, monkeypatch)
     _same_results(record, reference)
 
 
-def test_resume_refuses_what_it_cannot_continue(tmp_path):
-    with pytest.raises(ConfigError, match="not a readable clbench run directory"):
+def test_resume_refuses_what_it_cannot_continue(tmp_path, uninterrupted):
+    with pytest.raises(DamagedFileError, match="There is no run record .*record.json. Pass a run directory written by"):
         resume(tmp_path)
     record = {"method": "lora", "benchmark": "shapes", "seed": 1, "preset": None, "status": "failed",
               "config": {"engine": {}, "train": {}, "backbone": {}, "benchmark": {}, "method": {}}}
     (tmp_path / "record.json").write_text(json.dumps(record))
+    with pytest.raises(DamagedFileError, match="does not match clbench's record schema: the record lacks 'schema_version'"):
+        resume(tmp_path)
+    (tmp_path / "record.json").write_text(json.dumps({**uninterrupted, "status": "failed"}))
     with pytest.raises(ConfigError, match="Cannot change 'benchmark.n_tasks' when resuming"):
         resume(tmp_path, overrides=[("benchmark.n_tasks", 2)])
-    (tmp_path / "record.json").write_text(json.dumps({**record, "status": "complete"}))
+    (tmp_path / "record.json").write_text(json.dumps(uninterrupted))
     assert resume(tmp_path)["status"] == "complete"  # nothing to do
 
 

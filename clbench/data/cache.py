@@ -106,12 +106,47 @@ class CachedImageDataset(LabelledDataset):
         return to_chw_batch(images), torch.from_numpy(self.targets[np.asarray(indices, dtype=np.int64)])
 
 
+def _read_index(directory: Path, split: str, n_files: int) -> np.ndarray:
+    """A split's index, checked: one int64 row of 5 per file, every image inside the data
+    file. Anything else (truncated, pickled objects, edited) raises :class:`DamagedCache`."""
+    path = directory / f"{split}.index.npy"
+    try:
+        index = np.load(path, allow_pickle=False)
+        size = (directory / f"{split}.u8").stat().st_size
+    except (OSError, ValueError, EOFError) as exc:  # 'Object arrays cannot be loaded ...', truncated, missing
+        raise DamagedCache(f"{path} cannot be read ({exc})") from None
+    if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 5:
+        raise DamagedCache(f"{path} holds a {index.dtype} array of shape {index.shape}, not rows of 5 integers")
+    if len(index) != n_files:
+        raise DamagedCache(f"{split}: {len(index)} index rows for {n_files} files")
+    stored = index[index[:, 0] >= 0]
+    if len(stored) and ((stored[:, 1:3] <= 0).any() or (stored[:, 0] + stored[:, 1] * stored[:, 2] * 3 > size).any()):
+        raise DamagedCache(f"{path} points outside {split}.u8 ({size} bytes)")
+    return index
+
+
+class DamagedCache(DataError):
+    """A decoded cache whose files do not fit together (see :func:`cache_problem`)."""
+
+
+def cache_problem(directory: Path, lists: SplitLists) -> str | None:
+    """What is wrong with a complete-looking cache (index unreadable or not matching its
+    data file or the split), or None when it is intact."""
+    try:
+        for split in ("train", "test"):
+            _read_index(directory, split, len(getattr(lists, split)))
+    except DamagedCache as exc:
+        return str(exc)
+    return None
+
+
 def open_split(directory: Path, split: str, samples: Samples, pipe: Pipeline) -> tuple[CachedImageDataset, list[str]]:
     """The cached dataset of one split and the relative paths the cache could not decode."""
-    index = np.load(directory / f"{split}.index.npy")
-    if len(index) != len(samples):
-        raise DataError(f"The decoded cache {directory} is damaged ({split}: {len(index)} rows for {len(samples)} files). "
-                        f"Delete that folder and run 'clbench data prepare' again.")
+    try:
+        index = _read_index(directory, split, len(samples))
+    except DamagedCache as exc:
+        raise DamagedCache(f"The decoded cache {directory} is damaged ({exc}). Delete that folder and run "
+                           f"'clbench data prepare' again.") from None
     bad = [samples.paths[i] for i in np.flatnonzero(index[:, 0] < 0)]
     return CachedImageDataset(directory / f"{split}.u8", index, samples.targets, pipe), bad
 
@@ -154,9 +189,9 @@ def build_cache(benchmark: str, lists: SplitLists, pipe: Pipeline, root: Path, w
     temporary folder and renamed when complete, so an interrupted build leaves no cache.
     """
     final = cache_dir(root, benchmark, lists, pipe)
-    if read_meta(final) is not None:
+    if read_meta(final) is not None and cache_problem(final, lists) is None:
         return final, read_meta(final)
-    if final.exists():  # damaged (no readable meta.json): build it again
+    if final.exists():  # damaged (no readable meta.json, or an index that does not fit): build it again
         shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     need = estimate_bytes([lists.train, lists.test], pipe)
@@ -203,7 +238,11 @@ def build_cache(benchmark: str, lists: SplitLists, pipe: Pipeline, root: Path, w
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            from ..records import output_error
+
+            raise output_error(tmp, exc) from exc
         raise
     return final, read_meta(final)

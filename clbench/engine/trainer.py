@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import RunConfig, apply_values
+from ..config import RunConfig, apply_values, check_options
 from ..data.stream import ClassIncrementalStream, Task
 from ..errors import ConfigError
 from .checkpoint import Checkpointer, ResumePoint
@@ -291,6 +291,7 @@ class Trainer:
         """Run a method-declared optimisation (see :class:`clbench.methods.base.Phase`); under
         DDP each rank runs it on its own batches and the gradients are averaged."""
         cfg = apply_values(self.train_cfg, phase.train, f"{phase.name} phase: train")
+        check_options(cfg, f"{phase.name} phase: train")
 
         def epoch_batches(epoch: int, skip: int) -> Iterator[Batch]:
             batches = iter(phase.batches(epoch))

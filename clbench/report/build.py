@@ -8,6 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
+from ..housekeeping import summary as unfinished_summary
+from ..housekeeping import unfinished_runs
+from ..records import atomic_write_text, ensure_writable
 from .aggregate import PaperTable, paper_tables, setting_notes, summarize
 from .collect import Collection, collect, find_records
 from .significance import add_intervals, add_significance, add_stability_plasticity
@@ -33,6 +36,8 @@ def gather(paths: list[Path]) -> Report:
         where = ", ".join(str(p) for p in paths)
         found = len(find_records(paths))
         detail = f" {coll.skipped_summary()}" if coll.skipped else ""
+        unfinished = unfinished_summary(unfinished_runs(paths))
+        detail += f" {unfinished}: see 'clbench clean'." if unfinished else ""
         raise DataError(
             f"No complete run records under {where} ({found} record file(s) found).{detail} Run "
             f"'clbench run --methods ...' first, or pass the directory that holds the runs "
@@ -44,7 +49,7 @@ def gather(paths: list[Path]) -> Report:
 
 def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, source: str = "") -> Report:
     """Write tables.md, tables.tex, summary.csv, runs.csv, figures/ and index.html."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out_dir)
     coll = report.collection
     md = ["# clbench report", ""]
     md += [to_markdown(t) for t in report.tables]
@@ -53,8 +58,8 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
     if coll.skipped:
         md += ["", coll.skipped_summary(), ""] + [f"- `{s.path}`: {s.reason}" for s in coll.skipped]
     files = [out_dir / "tables.md", out_dir / "tables.tex"]
-    files[0].write_text("\n".join(md) + "\n")
-    files[1].write_text("% clbench report; needs \\usepackage{booktabs}\n" + "\n".join(to_latex(t) for t in report.tables))
+    atomic_write_text(files[0], "\n".join(md) + "\n")
+    atomic_write_text(files[1], "% clbench report; needs \\usepackage{booktabs}\n" + "\n".join(to_latex(t) for t in report.tables))
     files += write_csv(report.summary, coll.runs, out_dir)
     if plots or html:
         from .plots import all_figures
@@ -67,6 +72,6 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
         page = render(report.tables, report.notes, report.figures, source=source or "the given records",
                       n_runs=len(coll.runs), skipped=coll.skipped, skipped_summary=coll.skipped_summary())
         files.append(out_dir / "index.html")
-        files[-1].write_text(page, encoding="utf-8")
+        atomic_write_text(files[-1], page)
     report.files = files
     return report

@@ -27,6 +27,7 @@ import pandas as pd
 
 from .. import metrics
 from ..records import RECORD_NAME, SCHEMA_VERSION
+from ..schema import schema_problem
 
 METRICS = ("acc", "aaa", "acc_task_avg", "aaa_task_avg", "forgetting", "forgetting_clipped",
            "forgetting_coda", "bwt", "learning_acc")
@@ -199,6 +200,10 @@ def collect(paths: list[Path] | Path) -> Collection:
         status = record.get("status")
         if status != "complete":
             skipped.append(Skipped(str(path), f"status {status}: {record.get('error') or 'not finished'}"))
+            continue
+        problem = schema_problem(record)
+        if problem:
+            skipped.append(Skipped(str(path), f"malformed: does not match the record schema ({problem})"))
             continue
         try:
             row = run_row(record, str(path.parent))

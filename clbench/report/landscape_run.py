@@ -27,8 +27,8 @@ from ..config import RunConfig
 from ..engine.progress import ProgressReporter
 from ..engine.state import restore_state
 from ..engine.trainer import Trainer
-from ..errors import ConfigError, DataError
-from ..records import load_record
+from ..errors import ConfigError, DamagedFileError, DataError
+from ..records import atomic_write_text, atomic_write_with, ensure_writable, load_record
 from ..resolve import config_from_record
 from ..statefile import load_state_file
 from . import landscape as ls
@@ -90,6 +90,9 @@ def _check_tasks(record: dict[str, Any], run_dir: Path, tasks: list[int]) -> Non
             raise ConfigError(f"The run {run_dir} finished {done} task(s); task {t + 1} does not exist. "
                               f"Choose tasks between 1 and {done}.")
         state = record["tasks"][t].get("state") or {}
+        if state.get("file") and not (run_dir / state["file"]).resolve().is_relative_to(run_dir.resolve()):
+            raise DamagedFileError(f"The record of {run_dir} names a task state outside its run directory "
+                                   f"({state['file']}); it was edited by hand. Restore the record from a copy.")
         if not state.get("file") or not (run_dir / state["file"]).is_file():
             why = state.get("skipped") or "engine.save_task_state=never, or the file was removed"
             raise DataError(f"The run {run_dir} did not keep the state after task {t + 1} ({why}). Landscapes "
@@ -100,7 +103,12 @@ def _solution(cfg: RunConfig, record: dict, run_dir: Path, task: int, cache: Any
     from ..experiment import build
 
     _, stream, method = build(cfg, cache)
-    restore_state(method, load_state_file(run_dir / record["tasks"][task]["state"]["file"]))
+    path = run_dir / record["tasks"][task]["state"]["file"]  # inside run_dir (_check_tasks)
+    try:
+        restore_state(method, load_state_file(path))
+    except (KeyError, AttributeError, RuntimeError, TypeError) as exc:
+        raise DamagedFileError(f"The task state {path} does not fit a freshly built '{record['method']}' ({exc}); it "
+                               f"was replaced or damaged. Restore it from a copy, or re-run the run.") from None
     return stream, method
 
 
@@ -271,7 +279,7 @@ def save(result: Landscape, out_dir: Path) -> list[Path]:
 
     from .landscape_plots import line_figure, plane_figures
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out_dir)
     files = []
     title = f"{result.meta['method']} · {result.meta['benchmark']} · seed {result.meta['seed']}"
     if result.line is not None:
@@ -284,8 +292,8 @@ def save(result: Landscape, out_dir: Path) -> list[Path]:
                 rows.append({"lambda": lam, "task": int(task), "acc": ln["acc"][li, ki], "loss": ln["loss"][li, ki],
                              "acc_within_from_task_classes": ln["acc_inner"][li, ki] if inner else np.nan,
                              "loss_within_from_task_classes": ln["loss_inner"][li, ki] if inner else np.nan})
-        pd.DataFrame(rows).to_csv(out_dir / f"{name}.csv", index=False)
-        np.savez(out_dir / f"{name}.npz", **ln)
+        atomic_write_text(out_dir / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False))
+        atomic_write_with(out_dir / f"{name}.npz", lambda fh: np.savez(fh, **ln))
         files += [out_dir / f"{name}.csv", out_dir / f"{name}.npz"]
         files += line_figure(ln, result.meta["line"], title, out_dir / name)
     if result.plane is not None:
@@ -293,11 +301,11 @@ def save(result: Landscape, out_dir: Path) -> list[Path]:
         name = "plane_" + "-".join(f"T{t}" for t in result.meta["plane"]["tasks"])
         rows = [{"x": x, "y": y, "task": int(task), "acc": pl["acc"][ki, yi, xi], "loss": pl["loss"][ki, yi, xi]}
                 for yi, y in enumerate(pl["ys"]) for xi, x in enumerate(pl["xs"]) for ki, task in enumerate(pl["tasks"])]
-        pd.DataFrame(rows).to_csv(out_dir / f"{name}.csv", index=False)
-        np.savez(out_dir / f"{name}.npz", **pl)
+        atomic_write_text(out_dir / f"{name}.csv", pd.DataFrame(rows).to_csv(index=False))
+        atomic_write_with(out_dir / f"{name}.npz", lambda fh: np.savez(fh, **pl))
         files += [out_dir / f"{name}.csv", out_dir / f"{name}.npz"]
         files += plane_figures(pl, title, out_dir / name)
-    (out_dir / "landscape.json").write_text(json.dumps(result.meta, indent=1, default=float) + "\n")
+    atomic_write_text(out_dir / "landscape.json", json.dumps(result.meta, indent=1, default=float) + "\n")
     files.append(out_dir / "landscape.json")
     result.files = files
     return files

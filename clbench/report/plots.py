@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .. import metrics  # noqa: E402
+from ..records import atomic_write_with  # noqa: E402
 from .aggregate import mean_se  # noqa: E402
 from .collect import Collection  # noqa: E402
 from .significance import old_new_curves  # noqa: E402
@@ -60,8 +61,8 @@ def save_figure(fig: plt.Figure, stem: Path) -> tuple[Path, Path]:
     """Write ``stem``.png and ``stem``.pdf and close the figure."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"
-    fig.savefig(png, dpi=130, bbox_inches="tight")
-    fig.savefig(pdf, bbox_inches="tight")
+    atomic_write_with(png, lambda fh: fig.savefig(fh, format="png", dpi=130, bbox_inches="tight"))
+    atomic_write_with(pdf, lambda fh: fig.savefig(fh, format="pdf", bbox_inches="tight"))
     plt.close(fig)
     return png, pdf
 

@@ -16,6 +16,7 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
+from ..records import atomic_write_text
 from .aggregate import TITLES, PaperTable, Row
 from .significance import significance_note
 
@@ -153,6 +154,6 @@ def write_csv(summary: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[
     """``summary.csv`` (one row per setting × method variant: n, seeds, mean/SE of every
     metric and cost, paper numbers beside) and ``runs.csv`` (one row per run)."""
     paths = [out_dir / "summary.csv", out_dir / "runs.csv"]
-    summary.to_csv(paths[0], index=False)
-    runs.to_csv(paths[1], index=False)
+    atomic_write_text(paths[0], summary.to_csv(index=False))
+    atomic_write_text(paths[1], runs.to_csv(index=False))
     return paths
