@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from .backbones import _resolve_spec, check_bundled, create_backbone
+from .data.stream import task_splits
 from .config import RESULT_NEUTRAL_ENGINE, BackboneConfig, RunConfig
 from .engine.checkpoint import Checkpointer, ResumePoint
 from .engine.dist import SingleProcess
@@ -53,7 +54,8 @@ def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: s
         resolve_precision(cfg.engine.precision, resolve_device(cfg.engine.device))
         _check_weights(cfg.backbone)
         if cache is not None:
-            cache.get(cfg)
+            _, data = cache.get(cfg)
+            task_splits(len(data.class_names), cfg.benchmark_cfg.n_tasks, cfg.benchmark_cfg.init_cls)
     for out in {run.config.engine.output_dir for run in runs}:
         ensure_writable(Path(out))
     return runs
