@@ -101,6 +101,23 @@ def check_sections(sections: dict[str, Any], method: str) -> None:
         check_options(obj, method if name == "method" else name)
 
 
+def _fit_img_size(sections: dict[str, Any], bench_cls: type, sources: dict[str, str]) -> None:
+    """``backbone.img_size`` defaults to the benchmark's input size, and must equal it."""
+    size = bench_cls.input_size(sections["benchmark"]) if hasattr(bench_cls, "input_size") else None
+    backbone = sections["backbone"]
+    if size is None:
+        return
+    if backbone.img_size is None:
+        sections["backbone"] = apply_values(backbone, {"img_size": size}, "backbone")
+        sources["backbone.img_size"] = f"{BENCHMARK} input size"
+    elif backbone.img_size != size:
+        raise ConfigError(
+            f"backbone.img_size={backbone.img_size} but the benchmark feeds {size} px images, which the model "
+            f"built for {backbone.img_size} px cannot take. Drop backbone.img_size (it defaults to the benchmark's "
+            f"size; position embeddings are resized), or set --set backbone.img_size={size}"
+            f"{' or --set benchmark.image_size=' + str(backbone.img_size) if hasattr(sections['benchmark'], 'image_size') else ''}.")
+
+
 def run_config(method: str, benchmark: str, seed: int, preset: str | None, sections: dict[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from the sections of :func:`fresh_sections`."""
     return RunConfig(method=method, benchmark=benchmark, seed=seed, preset=preset, engine=sections["engine"],
@@ -134,6 +151,7 @@ def resolve(method: str, benchmark: str, seed: int, preset_name: str | None,
         layers.append((f"preset {preset.name}", _split_defaults(preset.values)))
     for source, items in [*layers, (FILE, from_file), (SET, from_set)]:
         _apply(sections, items, method, sources, source)
+    _fit_img_size(sections, bench_cls, sources)
     check_sections(sections, method)
     config = run_config(method, benchmark, seed, preset.name if preset else None, sections)
     return PlannedRun(config, preset, [*file_overrides, *overrides], sources)
