@@ -31,8 +31,17 @@ def run(
         "--resume", metavar="RUN_DIR",
         help="Continue the killed or interrupted run in RUN_DIR from its last checkpoint "
              "(--set may change train.* and engine.* values).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything, print the resolved configuration "
+                                          "(as 'clbench config') and the runs it would start; write nothing.")] = False,
 ) -> None:
     """Train and evaluate methods on a benchmark; write one record per run and print a table.
+
+    Config sections (--set section.key=value, or a --config YAML file of them): engine (device,
+    precision, workers, output directory), train (epochs, optimiser, lr, schedule), backbone (timm
+    arch.tag, weights, img_size), benchmark (n_tasks, init_cls, class order, data), and method,
+    the method's own options (--set method.key=... or <method>.key=...). 'clbench config
+    --methods M' prints every key with its value and source; 'clbench list --method M' explains
+    the method's options.
 
     Under torchrun (torchrun --nproc-per-node=N -m clbench.cli run ...) every run uses N
     processes (DDP); rank 0 prints and writes."""
@@ -44,6 +53,8 @@ def run(
     file_overrides, overrides = load_config_file(config), parse_set(set_ or [])
     main_rank = is_main_process()
     if resume is not None:
+        if dry_run:
+            raise ConfigError("--dry-run does not apply to --resume; 'clbench report RUN_DIR' shows a recorded run.")
         if methods or output_dir is not None or data_root is not None or preset is not None:
             raise ConfigError("--resume continues one run as it was configured; drop --methods, --preset, "
                               "--output-dir and --data-root (use --set train.*=... to change training values).")
@@ -60,7 +71,10 @@ def run(
         overrides.append(("engine.progress", "false"))
     cache = DataCache()
     runs = plan(split_list(methods), benchmark, parse_seeds(seeds), preset, overrides, cache,
-                file_overrides=file_overrides)
+                file_overrides=file_overrides, write_check=not dry_run)
+    if dry_run:
+        print_dry_run(runs)
+        return
     records = []
     with ProgressReporter(err_console, enabled=runs[0].config.engine.progress and main_rank) as reporter:
         for run_ in runs:
@@ -71,6 +85,18 @@ def run(
             records.append(execute(run_, reporter, cache))
     if main_rank:
         print_records(records)
+
+
+def print_dry_run(runs: list) -> None:
+    """The resolved configuration (YAML for --config) and, as comments, the runs 'run' would start."""
+    from .resolve import to_yaml
+
+    print(to_yaml(runs), end="")
+    print(f"# --dry-run: {len(runs)} run(s) would start; nothing was written.")
+    for run_ in runs:
+        cfg = run_.config
+        where = Path(cfg.engine.output_dir) / cfg.benchmark / cfg.method
+        print(f"#   {cfg.method} seed {cfg.seed}{' preset ' + cfg.preset if cfg.preset else ''} -> {where}/<time>-s{cfg.seed}-<id>")
 
 
 def print_records(records: list[dict]) -> None:

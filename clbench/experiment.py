@@ -37,13 +37,14 @@ CHECKPOINT_DIR = "checkpoint"
 
 def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: str | None = None,
          overrides: Sequence[Override] = (), cache: DataCache | None = None, *,
-         file_overrides: Sequence[Override] = ()) -> list[PlannedRun]:
+         file_overrides: Sequence[Override] = (), write_check: bool = True) -> list[PlannedRun]:
     """Resolve and validate every run of a request before any of them starts.
 
     ``overrides`` are ``--set`` values, ``file_overrides`` those of a ``--config`` file
     (applied first). Checks names, keys, types, ranges, devices, weights and the benchmark
     data (loaded into ``cache``, which :func:`execute` reuses) before the first write, so bad
-    input leaves nothing behind.
+    input leaves nothing behind. ``write_check=False`` (``run --dry-run``) leaves the output
+    directory untouched (proving it writable creates it).
     """
     if not methods:
         raise ConfigError("No methods given. Pass --methods, e.g. --methods sdlora,inflora (see 'clbench list').")
@@ -56,7 +57,7 @@ def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: s
         if cache is not None:
             _, data = cache.get(cfg)
             task_splits(len(data.class_names), cfg.benchmark_cfg.n_tasks, cfg.benchmark_cfg.init_cls)
-    for out in {run.config.engine.output_dir for run in runs}:
+    for out in {run.config.engine.output_dir for run in runs} if write_check else ():
         ensure_writable(Path(out))
     return runs
 

@@ -181,3 +181,33 @@ def config_from_record(record: dict[str, Any], overrides: Sequence[Override] = (
         sections[section] = apply_values(sections[section], {key: value}, section)
     check_sections(sections, record["method"])
     return run_config(record["method"], record["benchmark"], int(record["seed"]), record.get("preset"), sections)
+
+
+def to_yaml(runs: Sequence[PlannedRun]) -> str:
+    """The resolved configuration of ``runs`` as YAML that ``--config`` accepts back, each value
+    followed by its source as a comment. One method: its sections at the top level; several:
+    each method's sections under its name (``lora: {train: {lr: ...}}``). Seeds only change
+    the seed, so each method is shown once."""
+    import yaml
+
+    def scalar(value: Any) -> str:
+        return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
+
+    first: dict[str, PlannedRun] = {}
+    for run in runs:
+        first.setdefault(run.config.method, run)
+    seeds = sorted({run.config.seed for run in runs})
+    lines = [f"# clbench: {', '.join(first)} on {runs[0].config.benchmark}, seeds {', '.join(map(str, seeds))}",
+             f"# sources: {DEFAULT} (dataclass), {BENCHMARK}, {METHOD} (their defaults), preset <name>, {FILE}, {SET}",
+             "# Pass it back with --config FILE (same --methods, --benchmark and --preset; --set still wins)."]
+    nested = len(first) > 1
+    for method, run in first.items():
+        indent = "  " if nested else ""
+        lines.append(f"{method}:{'  # preset ' + run.preset.name if run.preset else ''}" if nested else
+                     f"# preset: {run.preset.name if run.preset else '(none)'}")
+        for section, values in run.config.to_dict().items():
+            lines.append(f"{indent}{section}:{' {}' if not values else ''}")
+            for key, value in values.items():
+                source = run.sources.get(f"{section}.{key}", DEFAULT)
+                lines.append(f"{indent}  {key}: {scalar(value)}  # {source}")
+    return "\n".join(lines) + "\n"
