@@ -183,16 +183,19 @@ def config_from_record(record: dict[str, Any], overrides: Sequence[Override] = (
     return run_config(record["method"], record["benchmark"], int(record["seed"]), record.get("preset"), sections)
 
 
+def yaml_scalar(value: Any) -> str:
+    """``value`` as one line of YAML flow style (``0.01``, ``null``, ``[0.9, 0.999]``, ``auto``)."""
+    import yaml
+
+    return yaml.safe_dump([to_plain(value)], default_flow_style=True, width=10**6).strip()[1:-1]
+
+
 def to_yaml(runs: Sequence[PlannedRun]) -> str:
     """The resolved configuration of ``runs`` as YAML that ``--config`` accepts back, each value
     followed by its source as a comment. One method: its sections at the top level; several:
     each method's sections under its name (``lora: {train: {lr: ...}}``). Seeds only change
     the seed, so each method is shown once."""
-    import yaml
-
-    def scalar(value: Any) -> str:
-        return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
-
+    scalar = yaml_scalar
     first: dict[str, PlannedRun] = {}
     for run in runs:
         first.setdefault(run.config.method, run)

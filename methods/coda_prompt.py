@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from clbench.adapters import KVPrefixes
-from clbench.config import MethodConfig
+from clbench.config import MethodConfig, option
 from clbench.errors import ConfigError
 from clbench.registry import register_method
 
@@ -30,10 +30,10 @@ from .prompt_base import PromptMethod
 
 @dataclass
 class CodaPromptConfig(MethodConfig):
-    pool_size: int = 100  # components per layer over all tasks; each task gets pool_size // n_tasks
-    prompt_length: int = 8  # L (even): L/2 key-prefix and L/2 value-prefix tokens
-    layers: tuple[int, ...] = (0, 1, 2, 3, 4)
-    ortho_mu: float = 0.0  # weight of the orthogonality penalty (current official code: 0)
+    pool_size: int = option(100, "components per layer over all tasks; each task gets pool_size // n_tasks", ge=1)
+    prompt_length: int = option(8, "L (even): L/2 key-prefix and L/2 value-prefix tokens", ge=1)
+    layers: tuple[int, ...] = option((0, 1, 2, 3, 4), "blocks that get the prompt prefixes", ge=0)
+    ortho_mu: float = option(0.0, "weight of the orthogonality penalty (current official code: 0)", ge=0)
 
 
 def orthonormal_rows(old: Tensor, n: int) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from clbench.adapters import KVPrefixes
-from clbench.config import MethodConfig
+from clbench.config import MethodConfig, option
 from clbench.errors import ConfigError
 from clbench.prompting import SelectionLog, cosine_matrix, kv_prefixes, merge_prefixes, select_top_k, uniform_
 from clbench.registry import register_method
@@ -29,15 +29,15 @@ from .prompt_base import PromptMethod
 
 @dataclass
 class DualPromptConfig(MethodConfig):
-    g_length: int = 5  # G-prompt key tokens (and as many value tokens) per layer
-    g_layers: tuple[int, ...] = (0, 1)
-    e_length: int = 5  # E-prompt key tokens (and as many value tokens): 5 CIFAR, 20 ImageNet-R
-    e_layers: tuple[int, ...] = (2, 3, 4)
-    pool_size: int = 10  # E-prompt entries (one per task while tasks fit)
-    pull_coeff: float = 1.0  # λ of the key-matching term
-    shared_pool: bool = True  # a new task's E-prompt starts as a copy of the previous one's
-    batchwise_prompt: bool = False  # compatibility: batch majority vote (marks the run non-comparable)
-    prefix_reshape_bug: bool = False  # compatibility: the ports' prefix reshape bug (non-comparable)
+    g_length: int = option(5, "G-prompt key tokens (and as many value tokens) per layer", ge=1)
+    g_layers: tuple[int, ...] = option((0, 1), "blocks that get the G-prompt prefixes", ge=0)
+    e_length: int = option(5, "E-prompt key tokens (and as many value tokens): 5 CIFAR, 20 ImageNet-R", ge=1)
+    e_layers: tuple[int, ...] = option((2, 3, 4), "blocks that get the E-prompt prefixes", ge=0)
+    pool_size: int = option(10, "E-prompt entries (one per task while tasks fit)", ge=1)
+    pull_coeff: float = option(1.0, "λ of the key-matching term", ge=0)
+    shared_pool: bool = option(True, "a new task's E-prompt starts as a copy of the previous one's")
+    batchwise_prompt: bool = option(False, "compatibility: batch majority vote (marks the run non-comparable)")
+    prefix_reshape_bug: bool = option(False, "compatibility: the ports' prefix reshape bug (non-comparable)")
 
 
 @register_method("dualprompt")

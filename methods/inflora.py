@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from clbench.adapters import QKVLowRank
-from clbench.config import MethodConfig
+from clbench.config import MethodConfig, option
 from clbench.errors import ConfigError
 from clbench.registry import register_method
 
@@ -41,20 +41,20 @@ from .base import CLMethod, StepOutput
 
 @dataclass
 class InfLoRAConfig(MethodConfig):
-    rank: int = 10
-    blocks: tuple[int, ...] = ()  # adapted blocks; empty: all
-    memory: Literal["dualgpm", "gpm"] = "dualgpm"
-    lamb: float = 0.95  # ε_0 of the memory threshold schedule
-    lame: float = 1.0  # ε approaches this at the last task
-    down_divisor: float = math.sqrt(3.0)  # Down_t = top singular vectors / this (official code)
-    cov_augment: bool = True  # covariance passes see the training augmentations (official code)
-    head_lr_scale: float = 1.0  # lr of the task head relative to train.lr (DomainNet config: 2)
+    rank: int = option(10, "rank of each task's low-rank branch", ge=1)
+    blocks: tuple[int, ...] = option((), "adapted blocks; empty: all", ge=0)
+    memory: Literal["dualgpm", "gpm"] = option("dualgpm", "how the earlier tasks' input subspace is kept: dualgpm or gpm")
+    lamb: float = option(0.95, "ε_0 of the memory threshold schedule", ge=0, le=1)
+    lame: float = option(1.0, "ε approaches this at the last task", ge=0, le=1)
+    down_divisor: float = option(math.sqrt(3.0), "Down_t = top singular vectors / this (official code)", gt=0)
+    cov_augment: bool = option(True, "covariance passes see the training augmentations (official code)")
+    head_lr_scale: float = option(1.0, "lr of the task head relative to train.lr (DomainNet config: 2)", ge=0)
 
 
 @dataclass
 class InfLoRAB5Config(InfLoRAConfig):
     blocks: tuple[int, ...] = (0, 1, 2, 3, 4)
-    memory: Literal["dualgpm", "gpm"] = "gpm"
+    memory: Literal["dualgpm", "gpm"] = option("gpm", "how the earlier tasks' input subspace is kept: dualgpm or gpm")
 
 
 def memory_threshold(lamb: float, lame: float, task_index: int, n_tasks: int) -> float:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from clbench.adapters import QKVLowRank
-from clbench.config import MethodConfig
+from clbench.config import MethodConfig, option
 from clbench.heads import IncrementalLinear
 from clbench.registry import register_method
 
@@ -17,8 +17,8 @@ from .base import CLMethod, StepOutput
 
 @dataclass
 class LoRAConfig(MethodConfig):
-    rank: int = 10
-    targets: str = "qv"  # which slices of the fused qkv get the adapter
+    rank: int = option(10, "rank r of the low-rank branch on each adapted slice", ge=1)
+    targets: str = option("qv", "which slices of the fused qkv get the adapter")
 
 
 @register_method("lora")

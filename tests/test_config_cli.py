@@ -97,3 +97,26 @@ def test_run_help_names_the_sections_and_points_to_config():
     text = " ".join(clbench("run", "--help").stdout.split())
     for word in ("engine", "train", "backbone", "benchmark", "method", "clbench config", "--dry-run"):
         assert word in text, word
+
+
+def test_list_method_shows_every_option_with_type_default_range_and_help():
+    text = clbench("list", "--method", "l2p").stdout
+    row = next(line for line in text.splitlines() if " pool_size " in line)
+    assert all(part in row for part in ("int", "10", ">= 1", "M prompts and keys"))
+    assert "train.optimizer=adam" in text  # the training defaults the method sets
+    from clbench.config import describe_options
+    from clbench.registry import METHODS
+
+    undocumented = {e.name: [o.name for o in describe_options(e.obj.Config) if not o.help] for e in METHODS}
+    assert not {k: v for k, v in undocumented.items() if v}, "every built-in method option has a one-line help"
+    assert clbench("list", "--method", "nope").exit_code == 2
+
+
+def test_list_presets_filters_and_prints_conditions_and_missing_numbers(preset):
+    text = clbench("list", "--presets", "--method", "lora", "--benchmark", "shapes").stdout
+    row = next(line for line in text.splitlines() if "paperx" in line)
+    assert "n_tasks = 2" in row and row.count("—") == 2  # no reported Acc, no AAA
+    assert not [line for line in text.splitlines() if " sdlora " in line or "imagenet_r" in line]
+    everything = clbench("list", "--presets").stdout
+    assert "imagenet_r" in everything and "paperx" in everything
+
