@@ -120,3 +120,11 @@ def test_list_presets_filters_and_prints_conditions_and_missing_numbers(preset):
     everything = clbench("list", "--presets").stdout
     assert "imagenet_r" in everything and "paperx" in everything
 
+
+def test_version_names_clbench_and_the_key_libraries():
+    from importlib import metadata
+
+    text = clbench("--version").stdout
+    for pkg in ("clbench", "torch", "timm", "numpy"):
+        assert f"{pkg} {metadata.version(pkg)}" in text
+    assert "python 3." in text
