@@ -1,4 +1,4 @@
-"""``hide-prompt``: HiDe-Prompt (Wang et al., NeurIPS 2023; spec ``methods.md`` §5).
+"""``hide-prompt``: HiDe-Prompt (Wang et al., NeurIPS 2023; github.com/thu-ml/HiDe-Prompt).
 
 Two stages on one frozen ViT:
 

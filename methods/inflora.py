@@ -1,7 +1,7 @@
 """InfLoRA (Liang & Li, CVPR 2024) and InfLoRA-b5 (branches in blocks 0-4 only).
 
 Per task, every adapted block gets a branch ``Up_t Down_t`` on its key and value projections
-(``shared/spec/methods.md`` §6):
+(github.com/liangyanshuo/InfLoRA; notes in docs/methods.md):
 
 * ``Down_t`` is *designed* before training and frozen: the top-r left singular vectors of the
   block's uncentred qkv-input covariance on the task's training data, projected away from the

@@ -1,4 +1,4 @@
-"""``l2p``: Learning to Prompt (Wang et al., CVPR 2022; spec ``methods.md`` §2).
+"""``l2p``: Learning to Prompt (Wang et al., CVPR 2022; github.com/google-research/l2p).
 
 A pool of M prompts (L tokens each) with one key each. The frozen backbone's [CLS] feature is
 the query; the N keys with the highest cosine similarity select N prompts per sample, which

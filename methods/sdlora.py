@@ -6,7 +6,7 @@ task, shared by all adapted projections) stays trainable. Layer output while lea
 
     h' = (W0 + Σ_{k<t} α_k · B_k A_k / n_k + α_t · B_t A_t / c_t) x
 
-Two modes (``method.mode``; ``shared/spec/sdlora.md`` §1.3):
+Two modes (``method.mode``; docs/methods.md compares them):
 
 ``official`` (default; reproduces the released code and its logs): ``n_k = ‖A_k‖_F ‖B_k‖_F``,
     the current term is unnormalised (``c_t = 1``), magnitudes start at 0.8 and *all* are

@@ -1,4 +1,4 @@
-"""Class orders (protocols.md §1.3 fixtures), task splits and stream relabelling."""
+"""Class orders (the orders PyCIL/PILOT seeds give), task splits and stream relabelling."""
 
 import numpy as np
 import pytest
