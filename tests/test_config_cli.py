@@ -128,3 +128,10 @@ def test_version_names_clbench_and_the_key_libraries():
     for pkg in ("clbench", "torch", "timm", "numpy"):
         assert f"{pkg} {metadata.version(pkg)}" in text
     assert "python 3." in text
+
+
+def test_list_benchmark_shows_its_options_and_defaults():
+    text = clbench("list", "--benchmark", "shapes").stdout
+    row = next(line for line in text.splitlines() if " n_classes " in line)
+    assert "int" in row and "50" in row and "number of classes" in row
+    assert "backbone.name=vit_micro_patch4_32.shapes_pre" in text
