@@ -2,7 +2,7 @@
 (300 classes, 10 x 30) and ``objectnet`` (200 classes, 20 x 10).
 
 Each is an archive of the APER/RevisitingCIL authors with ``train/<class>/`` and
-``test/<class>/`` folders (``protocols.md`` §1.2); labels are the alphabetical class folders.
+``test/<class>/`` folders (docs/protocol.md); labels are the alphabetical class folders.
 Their image counts are not published in a form checked here, so only the class counts are
 verified; the found counts go into the record.
 """

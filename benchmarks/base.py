@@ -32,6 +32,13 @@ class Benchmark:
     #: that suit this benchmark; methods and presets may override them.
     defaults: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def input_size(cls, cfg: BenchmarkConfig) -> int | None:
+        """Height and width in pixels of the images fed to the model (None: not fixed);
+        ``backbone.img_size`` defaults to it."""
+        size = getattr(cfg, "image_size", None)
+        return int(size) if size is not None else None
+
     def load(self, cfg: BenchmarkConfig) -> BenchmarkData:
         """Read (or generate) the data; raise :class:`~clbench.errors.DataError` with a fix."""
         raise NotImplementedError

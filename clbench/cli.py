@@ -10,6 +10,7 @@ import sys
 
 # Each module attaches its commands on import, in the order 'clbench --help' lists them.
 from . import cli_run  # noqa: F401  (run, list, pretrain-embedded, bench)
+from . import cli_config  # noqa: F401  (config)
 from . import cli_data  # noqa: F401  (data)
 from . import cli_report  # noqa: F401  (report, landscape)
 from . import cli_sweep  # noqa: F401  (sweep)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,6 +25,32 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def versions() -> str:
+    """clbench's version and those of the libraries its results depend on (one line each)."""
+    import platform
+    from importlib import metadata
+
+    lines = []
+    for pkg in ("clbench", "torch", "torchvision", "timm", "numpy"):
+        try:
+            lines.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{pkg} (not installed)")
+    return "\n".join(lines + [f"python {platform.python_version()}"])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(versions())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version, help=(
+        "Print the versions of clbench, torch, timm, numpy and python."))] = False) -> None:
+    """clbench: benchmark continual-learning methods on pretrained vision transformers."""
 
 
 def friendly(func: Callable) -> Callable:

@@ -118,7 +118,7 @@ def landscape(
     grid: Annotated[int, typer.Option(help="Plane grid points per axis.")] = 21,
     margin: Annotated[float, typer.Option(help="Plane margin around the three solutions, as a fraction of their extent.")] = 0.25,
     head: Annotated[str, typer.Option(help="Grown tensors (heads): 'target' takes them from the later solution for every point "
-                                           "(the spec's choice); 'interpolate' interpolates the block all solutions share.")] = "target",
+                                           "(the default); 'interpolate' interpolates the block all solutions share.")] = "target",
     device: Annotated[str, typer.Option(help="Device for evaluation: auto, cpu, cuda, cuda:N.")] = "auto",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: RUN_DIR/landscape).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on a terminal.")] = True,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .cli_common import app, console, err_console, friendly, load_config_file, parse_seeds, split_list
@@ -31,8 +32,17 @@ def run(
         "--resume", metavar="RUN_DIR",
         help="Continue the killed or interrupted run in RUN_DIR from its last checkpoint "
              "(--set may change train.* and engine.* values).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything, print the resolved configuration "
+                                          "(as 'clbench config') and the runs it would start; write nothing.")] = False,
 ) -> None:
     """Train and evaluate methods on a benchmark; write one record per run and print a table.
+
+    Config sections (--set section.key=value, or a --config YAML file of them): engine (device,
+    precision, workers, output directory), train (epochs, optimiser, lr, schedule), backbone (timm
+    arch.tag, weights, img_size), benchmark (n_tasks, init_cls, class order, data), and method,
+    the method's own options (--set method.key=... or <method>.key=...). 'clbench config
+    --methods M' prints every key with its value and source; 'clbench list --method M' explains
+    the method's options.
 
     Under torchrun (torchrun --nproc-per-node=N -m clbench.cli run ...) every run uses N
     processes (DDP); rank 0 prints and writes."""
@@ -44,6 +54,8 @@ def run(
     file_overrides, overrides = load_config_file(config), parse_set(set_ or [])
     main_rank = is_main_process()
     if resume is not None:
+        if dry_run:
+            raise ConfigError("--dry-run does not apply to --resume; 'clbench report RUN_DIR' shows a recorded run.")
         if methods or output_dir is not None or data_root is not None or preset is not None:
             raise ConfigError("--resume continues one run as it was configured; drop --methods, --preset, "
                               "--output-dir and --data-root (use --set train.*=... to change training values).")
@@ -60,7 +72,10 @@ def run(
         overrides.append(("engine.progress", "false"))
     cache = DataCache()
     runs = plan(split_list(methods), benchmark, parse_seeds(seeds), preset, overrides, cache,
-                file_overrides=file_overrides)
+                file_overrides=file_overrides, write_check=not dry_run)
+    if dry_run:
+        print_dry_run(runs)
+        return
     records = []
     with ProgressReporter(err_console, enabled=runs[0].config.engine.progress and main_rank) as reporter:
         for run_ in runs:
@@ -71,6 +86,18 @@ def run(
             records.append(execute(run_, reporter, cache))
     if main_rank:
         print_records(records)
+
+
+def print_dry_run(runs: list) -> None:
+    """The resolved configuration (YAML for --config) and, as comments, the runs 'run' would start."""
+    from .resolve import to_yaml
+
+    print(to_yaml(runs), end="")
+    print(f"# --dry-run: {len(runs)} run(s) would start; nothing was written.")
+    for run_ in runs:
+        cfg = run_.config
+        where = Path(cfg.engine.output_dir) / cfg.benchmark / cfg.method
+        print(f"#   {cfg.method} seed {cfg.seed}{' preset ' + cfg.preset if cfg.preset else ''} -> {where}/<time>-s{cfg.seed}-<id>")
 
 
 def print_records(records: list[dict]) -> None:
@@ -118,29 +145,82 @@ def results_table(records: list[dict]) -> Table:
 @app.command("list")
 @friendly
 def list_(
-    presets: Annotated[bool, typer.Option("--presets", help="Also list presets with their sources.")] = False,
+    presets: Annotated[bool, typer.Option("--presets", help="List presets (filtered by --method/--benchmark).")] = False,
+    method: Annotated[str | None, typer.Option("--method", help="Show this method's options (type, default, range, help).")] = None,
+    benchmark: Annotated[str | None, typer.Option("--benchmark", help="Show this benchmark's options.")] = None,
 ) -> None:
-    """Show registered methods, benchmarks and backbones (and presets)."""
+    """Show registered methods, benchmarks and backbones; a method's or benchmark's options
+    (--method, --benchmark); presets (--presets, filtered by --method/--benchmark)."""
     from .registry import BACKBONES, BENCHMARKS, METHODS
 
-    for title, registry in (("Methods", METHODS), ("Benchmarks", BENCHMARKS), ("Backbones", BACKBONES)):
-        table = Table(title=title, show_header=False, title_justify="left")
-        table.add_column("name", style="bold")
-        table.add_column("description")
-        for entry in registry:
-            table.add_row(entry.name, entry.description)
-        console.print(table)
-    console.print("Backbones also include every timm model by its full 'arch.tag' name.")
+    console = Console(width=max(_console.width, 140))  # option and preset tables are wide; keep them so in logs
+    if method is not None:
+        cls = METHODS.get(method)
+        console.print(options_table(f"Options of method '{method}' (--set {method}.KEY=VALUE or method.KEY=VALUE)",
+                                    cls.Config))
+        if cls.defaults:
+            console.print(f"Training defaults it sets: {', '.join(f'{k}={v}' for k, v in cls.defaults.items())}",
+                          highlight=False, markup=False)
+    if benchmark is not None:
+        cls = BENCHMARKS.get(benchmark)
+        console.print(options_table(f"Options of benchmark '{benchmark}' (--set benchmark.KEY=VALUE)", cls.Config))
+        if cls.defaults:
+            console.print(f"Defaults it sets: {', '.join(f'{k}={v}' for k, v in cls.defaults.items())}",
+                          highlight=False, markup=False)
+    if method is None and benchmark is None:
+        for title, registry in (("Methods", METHODS), ("Benchmarks", BENCHMARKS), ("Backbones", BACKBONES)):
+            table = Table(title=title, show_header=False, title_justify="left")
+            table.add_column("name", style="bold")
+            table.add_column("description")
+            for entry in registry:
+                table.add_row(escape(entry.name), escape(entry.description))
+            console.print(table)
+        console.print("Backbones also include every timm model by its full 'arch.tag' name. "
+                      "'clbench list --method M' shows a method's options.")
     if presets:
-        from .presets import PRESETS
+        console.print(presets_table(method, benchmark))
 
-        table = Table(title="Presets", title_justify="left")
-        for col in ("name", "method", "benchmark", "when", "reported Acc/AAA", "source"):
-            table.add_column(col)
-        for p in PRESETS:
-            rep = f"{p.reported.acc}/{p.reported.aaa}" if p.reported else ""
-            table.add_row(p.name, p.method, p.benchmark, str(p.when or ""), rep, p.source)
-        console.print(table)
+
+_console = console
+
+
+def options_table(title: str, config_cls: type) -> Table:
+    """Name, type, default, range and help of every option of a config dataclass."""
+    from .config import describe_options
+    from .resolve import yaml_scalar
+
+    table = Table(title=title, title_justify="left")
+    for col in ("option", "type", "default", "range", "help"):
+        table.add_column(col, style="bold" if col == "option" else None)
+    for opt in describe_options(config_cls):
+        table.add_row(escape(opt.name), escape(opt.type), escape(yaml_scalar(opt.default)), escape(opt.range or "—"),
+                      escape(opt.help or "—"))
+    return table
+
+
+def presets_table(method: str | None = None, benchmark: str | None = None) -> Table:
+    """Presets of ``method`` on ``benchmark`` (either may be None: all), conditions as text."""
+    from .presets import PRESETS
+    from .registry import load_plugins
+
+    load_plugins()
+
+    def num(value: float | None) -> str:
+        return "—" if value is None else f"{value:g}"
+
+    table = Table(title="Presets" + "".join(f" · {k} {v}" for k, v in (("method", method), ("benchmark", benchmark))
+                                            if v), title_justify="left")
+    for col in ("name", "method", "benchmark", "when", "reported Acc", "reported AAA", "source"):
+        table.add_column(col)
+    for p in PRESETS:
+        if (method and p.method != method) or (benchmark and p.benchmark != benchmark):
+            continue
+        when = ", ".join(f"{k} = {v}" for k, v in p.when.items()) or "any setting"
+        rep = p.reported
+        table.add_row(*(escape(str(v)) for v in (p.name, p.method, p.benchmark, when,
+                                                 num(rep.acc if rep else None), num(rep.aaa if rep else None),
+                                                 p.source or "—")))
+    return table
 
 
 @app.command("pretrain-embedded")

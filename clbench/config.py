@@ -221,6 +221,8 @@ class BackboneConfig:
     weights_sha256: str | None = option(None, "when set, the weights file must have this hash")
     input_norm: Literal["none", "timm"] = option("none", "input normalisation; none: [0,1] inputs as the references do")
     drop_path: float = option(0.0, "stochastic depth rate", ge=0, lt=1)
+    img_size: int | None = option(
+        None, "input size in pixels the model is built for (position embeddings resized); None: the benchmark's", ge=1)
 
 
 @dataclass

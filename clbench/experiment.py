@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from .backbones import _resolve_spec, check_bundled, create_backbone
+from .data.stream import task_splits
 from .config import RESULT_NEUTRAL_ENGINE, BackboneConfig, RunConfig
 from .engine.checkpoint import Checkpointer, ResumePoint
 from .engine.dist import SingleProcess
@@ -38,13 +39,14 @@ CHECKPOINT_DIR = "checkpoint"
 
 def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: str | None = None,
          overrides: Sequence[Override] = (), cache: DataCache | None = None, *,
-         file_overrides: Sequence[Override] = ()) -> list[PlannedRun]:
+         file_overrides: Sequence[Override] = (), write_check: bool = True) -> list[PlannedRun]:
     """Resolve and validate every run of a request before any of them starts.
 
     ``overrides`` are ``--set`` values, ``file_overrides`` those of a ``--config`` file
     (applied first). Checks names, keys, types, ranges, devices, weights and the benchmark
     data (loaded into ``cache``, which :func:`execute` reuses) before the first write, so bad
-    input leaves nothing behind.
+    input leaves nothing behind. ``write_check=False`` (``run --dry-run``) leaves the output
+    directory untouched (proving it writable creates it).
     """
     if not methods:
         raise ConfigError("No methods given. Pass --methods, e.g. --methods sdlora,inflora (see 'clbench list').")
@@ -57,8 +59,9 @@ def plan(methods: Sequence[str], benchmark: str, seeds: Sequence[int], preset: s
         _check_weights(cfg.backbone)
         if cache is not None:
             bench, data = cache.get(cfg)
+            task_splits(len(data.class_names), cfg.benchmark_cfg.n_tasks, cfg.benchmark_cfg.init_cls)
             check_training_steps(cfg, bench.stream(data, cfg.benchmark_cfg, cfg.seed))
-    for out in {run.config.engine.output_dir for run in runs}:
+    for out in {run.config.engine.output_dir for run in runs} if write_check else ():
         ensure_writable(Path(out))
     return runs
 

@@ -6,7 +6,7 @@ undefined). ``counts[j]`` is the number of test samples of task ``j``. The funct
 any such matrix: one from a clbench record, or one typed in from a paper's log (a
 lower-triangular list of rows, or a square array with NaN above the diagonal).
 
-Definitions follow ``protocols.md`` §2:
+Definitions (docs/protocol.md, "Metrics"):
 
 * A_t, sample-weighted: Σ_{j≤t} n_j a(t,j) / Σ_{j≤t} n_j (PyCIL/PILOT/SD-LoRA/InfLoRA code);
   task-averaged: (1/(t+1)) Σ_{j≤t} a(t,j) (L2P/DualPrompt/CODA).

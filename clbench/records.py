@@ -37,6 +37,7 @@ import torch
 
 from . import metrics
 from .errors import DamagedFileError, OutputError
+from .registry import plugins_used
 from .schema import SCHEMA_PATH, schema_problem  # noqa: F401 (SCHEMA_PATH: clbench.records.SCHEMA_PATH)
 from .statefile import split_extra
 
@@ -227,7 +228,7 @@ def header(run: PlannedRun, stream: Any, data: Any, backbone: Any, engine_info: 
         "comparable": True, "noncomparable_reasons": [],
         "test_counts": {"per_task": per_task, "per_class": per_class},
         "paper": run.preset.reported.to_dict() if run.preset and run.preset.reported else None,
-        "environment": environment(),
+        "environment": {**environment(), "plugins": plugins_used(cfg.method, cfg.benchmark, cfg.backbone.name)},
         "engine": {**engine_info, "world_size": world_size},
         "params": {"backbone": sum(p.numel() for p in backbone.parameters())},
         "run_dir": str(run_dir),

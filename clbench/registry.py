@@ -13,6 +13,7 @@ time a registry is queried, and registers its entries with the same decorators::
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -25,6 +26,16 @@ T = TypeVar("T")
 PLUGIN_GROUP = "clbench.plugins"
 _BUILTIN_MODULES = ("clbench.methods", "clbench.benchmarks", "clbench.backbones")
 _loaded = False
+_loading: Plugin | None = None  # the plugin whose entry point is being loaded
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """The installed distribution whose ``clbench.plugins`` entry point registered an entry."""
+
+    distribution: str | None
+    version: str | None
+    entry_point: str  # 'name = module[:attr]' as the distribution declares it
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,15 @@ class Entry(Generic[T]):
     obj: T
     description: str
     source: str  # module that registered it
+    plugin: Plugin | None = None  # None: registered by clbench itself (or a direct import)
+
+    def provenance(self, kind: str) -> dict[str, Any]:
+        """What a run record lists about a plugin's entry: distribution, version, module file."""
+        module = sys.modules.get(self.source)
+        return {"kind": kind, "name": self.name, "distribution": self.plugin.distribution if self.plugin else None,
+                "version": self.plugin.version if self.plugin else None,
+                "entry_point": self.plugin.entry_point if self.plugin else None,
+                "module": self.source, "file": getattr(module, "__file__", None)}
 
 
 class Registry(Generic[T]):
@@ -59,7 +79,7 @@ class Registry(Generic[T]):
                     f"and {getattr(obj, '__module__', '?')}). Rename one of them."
                 )
             doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, obj, doc, getattr(obj, "__module__", "?"))
+            self._entries[name] = Entry(name, obj, doc, getattr(obj, "__module__", "?"), _loading)
             try:
                 obj.registered_name = name  # type: ignore[attr-defined]
             except (AttributeError, TypeError):  # frozen dataclasses, builtins: nothing to stamp
@@ -112,13 +132,26 @@ def load_plugins() -> None:
     _loaded = True
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
+    global _loading
     for ep in entry_points(group=PLUGIN_GROUP):
+        dist = getattr(ep, "dist", None)
+        _loading = Plugin(dist.metadata["Name"] if dist else None, dist.version if dist else None,
+                          f"{ep.name} = {ep.value}")
         try:
             loaded = ep.load()
+            if callable(loaded) and not isinstance(loaded, type):
+                loaded()
         except Exception as exc:  # a broken plugin must not hide the built-ins
             raise RegistryError(
                 f"The clbench plugin '{ep.name}' ({ep.value}) failed to import: {exc}. "
                 f"Fix or uninstall the package that provides it."
             ) from exc
-        if callable(loaded) and not isinstance(loaded, type):
-            loaded()
+        finally:
+            _loading = None
+
+
+def plugins_used(method: str, benchmark: str, backbone: str) -> list[dict[str, Any]]:
+    """Provenance of the run's method, benchmark and backbone that plugins registered."""
+    used = [(METHODS, method), (BENCHMARKS, benchmark), (BACKBONES, backbone)]
+    return [registry.entry(name).provenance(registry.kind) for registry, name in used
+            if name in registry and registry.entry(name).plugin is not None]

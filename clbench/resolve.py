@@ -101,6 +101,23 @@ def check_sections(sections: dict[str, Any], method: str) -> None:
         check_options(obj, method if name == "method" else name)
 
 
+def _fit_img_size(sections: dict[str, Any], bench_cls: type, sources: dict[str, str]) -> None:
+    """``backbone.img_size`` defaults to the benchmark's input size, and must equal it."""
+    size = bench_cls.input_size(sections["benchmark"]) if hasattr(bench_cls, "input_size") else None
+    backbone = sections["backbone"]
+    if size is None:
+        return
+    if backbone.img_size is None:
+        sections["backbone"] = apply_values(backbone, {"img_size": size}, "backbone")
+        sources["backbone.img_size"] = f"{BENCHMARK} input size"
+    elif backbone.img_size != size:
+        raise ConfigError(
+            f"backbone.img_size={backbone.img_size} but the benchmark feeds {size} px images, which the model "
+            f"built for {backbone.img_size} px cannot take. Drop backbone.img_size (it defaults to the benchmark's "
+            f"size; position embeddings are resized), or set --set backbone.img_size={size}"
+            f"{' or --set benchmark.image_size=' + str(backbone.img_size) if hasattr(sections['benchmark'], 'image_size') else ''}.")
+
+
 def run_config(method: str, benchmark: str, seed: int, preset: str | None, sections: dict[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from the sections of :func:`fresh_sections`."""
     return RunConfig(method=method, benchmark=benchmark, seed=seed, preset=preset, engine=sections["engine"],
@@ -134,6 +151,7 @@ def resolve(method: str, benchmark: str, seed: int, preset_name: str | None,
         layers.append((f"preset {preset.name}", _split_defaults(preset.values)))
     for source, items in [*layers, (FILE, from_file), (SET, from_set)]:
         _apply(sections, items, method, sources, source)
+    _fit_img_size(sections, bench_cls, sources)
     check_sections(sections, method)
     config = run_config(method, benchmark, seed, preset.name if preset else None, sections)
     return PlannedRun(config, preset, [*file_overrides, *overrides], sources)
@@ -163,3 +181,36 @@ def config_from_record(record: dict[str, Any], overrides: Sequence[Override] = (
         sections[section] = apply_values(sections[section], {key: value}, section)
     check_sections(sections, record["method"])
     return run_config(record["method"], record["benchmark"], int(record["seed"]), record.get("preset"), sections)
+
+
+def yaml_scalar(value: Any) -> str:
+    """``value`` as one line of YAML flow style (``0.01``, ``null``, ``[0.9, 0.999]``, ``auto``)."""
+    import yaml
+
+    return yaml.safe_dump([to_plain(value)], default_flow_style=True, width=10**6).strip()[1:-1]
+
+
+def to_yaml(runs: Sequence[PlannedRun]) -> str:
+    """The resolved configuration of ``runs`` as YAML that ``--config`` accepts back, each value
+    followed by its source as a comment. One method: its sections at the top level; several:
+    each method's sections under its name (``lora: {train: {lr: ...}}``). Seeds only change
+    the seed, so each method is shown once."""
+    scalar = yaml_scalar
+    first: dict[str, PlannedRun] = {}
+    for run in runs:
+        first.setdefault(run.config.method, run)
+    seeds = sorted({run.config.seed for run in runs})
+    lines = [f"# clbench: {', '.join(first)} on {runs[0].config.benchmark}, seeds {', '.join(map(str, seeds))}",
+             f"# sources: {DEFAULT} (dataclass), {BENCHMARK}, {METHOD} (their defaults), preset <name>, {FILE}, {SET}",
+             "# Pass it back with --config FILE (same --methods, --benchmark and --preset; --set still wins)."]
+    nested = len(first) > 1
+    for method, run in first.items():
+        indent = "  " if nested else ""
+        lines.append(f"{method}:{'  # preset ' + run.preset.name if run.preset else ''}" if nested else
+                     f"# preset: {run.preset.name if run.preset else '(none)'}")
+        for section, values in run.config.to_dict().items():
+            lines.append(f"{indent}{section}:{' {}' if not values else ''}")
+            for key, value in values.items():
+                source = run.sources.get(f"{section}.{key}", DEFAULT)
+                lines.append(f"{indent}  {key}: {scalar(value)}  # {source}")
+    return "\n".join(lines) + "\n"

@@ -163,11 +163,14 @@ def load_weights_file(model: torch.nn.Module, path: Path, name: str) -> None:
             ) from None
         return
     state = read_state_dict(path)
-    try:
-        from timm.models.vision_transformer import checkpoint_filter_fn
+    try:  # the model family's own remapping, which also resizes position embeddings to the model's size
+        import importlib
 
-        state = checkpoint_filter_fn(state, model)
-    except Exception:  # not a ViT checkpoint layout that needs remapping
+        from timm.models import vision_transformer
+
+        family = importlib.import_module(type(model).__module__)
+        state = getattr(family, "checkpoint_filter_fn", vision_transformer.checkpoint_filter_fn)(state, model)
+    except Exception:  # not a checkpoint layout that needs remapping
         pass
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     fix = "Use a checkpoint of exactly this architecture (the full timm arch.tag must match)."

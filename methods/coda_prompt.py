@@ -1,4 +1,4 @@
-"""``coda-prompt``: CODA-Prompt (Smith et al., CVPR 2023; spec ``methods.md`` §4).
+"""``coda-prompt``: CODA-Prompt (Smith et al., CVPR 2023; github.com/GT-RIPL/CODA-Prompt).
 
 In each prompted block (``layers``, 0–4) a set of components: prompts P_m (L×D), keys K_m and
 attention vectors A_m (D). Every sample builds its own prompt as p = Σ_m α_m P_m with

@@ -1,4 +1,4 @@
-"""``dualprompt``: DualPrompt (Wang et al., ECCV 2022; spec ``methods.md`` §3).
+"""``dualprompt``: DualPrompt (Wang et al., ECCV 2022; github.com/google-research/l2p).
 
 Prefix tuning on the untouched ViT: a task-shared G-prompt in blocks ``g_layers`` (0–1) and an
 E-prompt pool in blocks ``e_layers`` (2–4), one pool entry (and key) per task. Each prompt

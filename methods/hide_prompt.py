@@ -1,4 +1,4 @@
-"""``hide-prompt``: HiDe-Prompt (Wang et al., NeurIPS 2023; spec ``methods.md`` §5).
+"""``hide-prompt``: HiDe-Prompt (Wang et al., NeurIPS 2023; github.com/thu-ml/HiDe-Prompt).
 
 Two stages on one frozen ViT:
 
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from clbench.adapters import KVPrefixes
-from clbench.config import MethodConfig
+from clbench.config import MethodConfig, option
 from clbench.errors import ConfigError
 from clbench.heads import IncrementalLinear
 from clbench.prompting import SelectionLog, batch_vote, kv_prefixes, uniform_
@@ -44,23 +44,23 @@ from .prompt_base import PromptMethod
 
 @dataclass
 class HiDePromptConfig(MethodConfig):
-    length: int = 5  # E-prompt key tokens (and as many value tokens): 5 CIFAR, 20 ImageNet-R
-    layers: tuple[int, ...] = (0, 1, 2, 3, 4)
-    prompt_momentum: float = 0.01  # mix of the mean of earlier task prompts into the current one
-    shared_pool: bool = True  # a new task's prompt starts as a copy of the previous one
-    reg: float = 0.1  # weight of the prototype contrastive term: 0.1 CIFAR, 0.5 ImageNet-R
-    temperature: float = 0.8
-    head_lr_scale: float = 0.1  # head lr relative to train.lr (official --larger_prompt_lr)
-    tii_hidden: int = 2  # TII MLP hidden width, in multiples of D
-    tii_lr_scale: float = 1 / 60  # TII lr relative to train.lr (official 5e-4 vs 0.03, both × batch/256)
-    n_centroids: int = 10  # k-means centroids per class for the stored statistics
-    align_epochs: int = 30  # epochs of each post-task alignment ("crct_epochs")
-    tii_align_lr: float = 4.6875e-4  # SGD lr of the TII alignment (0.005 × 24/256)
-    tii_align_batch: int = 24  # batch, and samples drawn per centroid, of the TII alignment
-    tap_lr: float = 0.005  # SGD lr of the head retraining
-    tap_batch: int = 120  # batch, and samples drawn per centroid, of the head retraining
-    batchwise_prompt: bool = False  # compatibility: batch vote on TII task ids (non-comparable)
-    prefix_reshape_bug: bool = False  # compatibility: the ports' prefix reshape bug (non-comparable)
+    length: int = option(5, "E-prompt key tokens (and as many value tokens): 5 CIFAR, 20 ImageNet-R", ge=1)
+    layers: tuple[int, ...] = option((0, 1, 2, 3, 4), "blocks that get the E-prompt prefixes", ge=0)
+    prompt_momentum: float = option(0.01, "mix of the mean of earlier task prompts into the current one", ge=0, le=1)
+    shared_pool: bool = option(True, "a new task's prompt starts as a copy of the previous one")
+    reg: float = option(0.1, "weight of the prototype contrastive term: 0.1 CIFAR, 0.5 ImageNet-R", ge=0)
+    temperature: float = option(0.8, "temperature of the prototype contrastive term", gt=0)
+    head_lr_scale: float = option(0.1, "head lr relative to train.lr (official --larger_prompt_lr)", ge=0)
+    tii_hidden: int = option(2, "TII MLP hidden width, in multiples of D", ge=1)
+    tii_lr_scale: float = option(1 / 60, "TII lr relative to train.lr (official 5e-4 vs 0.03, both × batch/256)", gt=0)
+    n_centroids: int = option(10, "k-means centroids per class for the stored statistics", ge=1)
+    align_epochs: int = option(30, "epochs of each post-task alignment (\"crct_epochs\")", ge=0)
+    tii_align_lr: float = option(4.6875e-4, "SGD lr of the TII alignment (0.005 × 24/256)", gt=0)
+    tii_align_batch: int = option(24, "batch, and samples drawn per centroid, of the TII alignment", ge=1)
+    tap_lr: float = option(0.005, "SGD lr of the head retraining", gt=0)
+    tap_batch: int = option(120, "batch, and samples drawn per centroid, of the head retraining", ge=1)
+    batchwise_prompt: bool = option(False, "compatibility: batch vote on TII task ids (non-comparable)")
+    prefix_reshape_bug: bool = option(False, "compatibility: the ports' prefix reshape bug (non-comparable)")
 
 
 class ResidualMLP(nn.Module):

@@ -1,7 +1,7 @@
 """InfLoRA (Liang & Li, CVPR 2024) and InfLoRA-b5 (branches in blocks 0-4 only).
 
 Per task, every adapted block gets a branch ``Up_t Down_t`` on its key and value projections
-(``shared/spec/methods.md`` §6):
+(github.com/liangyanshuo/InfLoRA; notes in docs/methods.md):
 
 * ``Down_t`` is *designed* before training and frozen: the top-r left singular vectors of the
   block's uncentred qkv-input covariance on the task's training data, projected away from the
@@ -54,7 +54,7 @@ class InfLoRAConfig(MethodConfig):
 @dataclass
 class InfLoRAB5Config(InfLoRAConfig):
     blocks: tuple[int, ...] = (0, 1, 2, 3, 4)
-    memory: Literal["dualgpm", "gpm"] = "gpm"
+    memory: Literal["dualgpm", "gpm"] = option("gpm", "how the earlier tasks' input subspace is kept: dualgpm or gpm")
 
 
 def memory_threshold(lamb: float, lame: float, task_index: int, n_tasks: int) -> float:

@@ -1,4 +1,4 @@
-"""``l2p``: Learning to Prompt (Wang et al., CVPR 2022; spec ``methods.md`` §2).
+"""``l2p``: Learning to Prompt (Wang et al., CVPR 2022; github.com/google-research/l2p).
 
 A pool of M prompts (L tokens each) with one key each. The frozen backbone's [CLS] feature is
 the query; the N keys with the highest cosine similarity select N prompts per sample, which
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clbench.adapters import PromptTokens
-from clbench.config import MethodConfig
+from clbench.config import MethodConfig, option
 from clbench.errors import ConfigError
 from clbench.prompting import SelectionLog, cosine_matrix, select_top_k, uniform_
 from clbench.registry import register_method
@@ -28,14 +28,14 @@ from .prompt_base import PromptMethod
 
 @dataclass
 class L2PConfig(MethodConfig):
-    pool_size: int = 10  # M prompts and keys
-    prompt_length: int = 5  # L tokens per prompt
-    top_k: int = 5  # N prompts selected per sample
-    pull_coeff: float = 0.1  # λ of the key-matching term (pt port 0.1; JAX code 1.0)
-    head: Literal["prompt", "token"] = "prompt"  # mean of prompt-token outputs, or [CLS]
-    prompt_mask: bool = False  # train task t on pool slots [tN, (t+1)N) ("use_prompt_mask")
-    shared_pool: bool = False  # at task t's start copy slots [(t-1)N, tN) into [tN, (t+1)N)
-    batchwise_prompt: bool = False  # compatibility: batch majority vote (marks the run non-comparable)
+    pool_size: int = option(10, "M prompts and keys", ge=1)
+    prompt_length: int = option(5, "L tokens per prompt", ge=1)
+    top_k: int = option(5, "N prompts selected per sample", ge=1)
+    pull_coeff: float = option(0.1, "λ of the key-matching term (pt port 0.1; JAX code 1.0)", ge=0)
+    head: Literal["prompt", "token"] = option("prompt", "mean of prompt-token outputs, or [CLS]")
+    prompt_mask: bool = option(False, "train task t on pool slots [tN, (t+1)N) (\"use_prompt_mask\")")
+    shared_pool: bool = option(False, "at task t's start copy slots [(t-1)N, tN) into [tN, (t+1)N)")
+    batchwise_prompt: bool = option(False, "compatibility: batch majority vote (marks the run non-comparable)")
 
 
 @register_method("l2p")

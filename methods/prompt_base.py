@@ -20,9 +20,9 @@ from clbench.prompting import SelectionLog, frozen_query
 from .base import CLMethod, StreamInfo
 
 BATCH_VOTE_REASON = ("{method}: batchwise_prompt selects one prompt set per batch by majority vote "
-                     "(near-oracle task identity on task-ordered test batches; spec methods.md §1.6)")
+                     "(near-oracle task identity on task-ordered test batches; google-research/l2p#28)")
 RESHAPE_BUG_REASON = ("{method}: prefix_reshape_bug reproduces the public ports' key/value prefix "
-                      "reshape bug (spec methods.md §3.6)")
+                      "reshape bug (JH-LEE-KR/dualprompt-pytorch#8)")
 
 
 class PromptMethod(CLMethod):

@@ -6,7 +6,7 @@ task, shared by all adapted projections) stays trainable. Layer output while lea
 
     h' = (W0 + Σ_{k<t} α_k · B_k A_k / n_k + α_t · B_t A_t / c_t) x
 
-Two modes (``method.mode``; ``shared/spec/sdlora.md`` §1.3):
+Two modes (``method.mode``; docs/methods.md compares them):
 
 ``official`` (default; reproduces the released code and its logs): ``n_k = ‖A_k‖_F ‖B_k‖_F``,
     the current term is unnormalised (``c_t = 1``), magnitudes start at 0.8 and *all* are
@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 from clbench.adapters import QKVLowRank
 from clbench.adapters.lora import lowrank_inner, product_norm
-from clbench.config import MethodConfig
+from clbench.config import MethodConfig, option
 from clbench.errors import ConfigError
 from clbench.heads import IncrementalLinear
 from clbench.registry import register_method
@@ -52,26 +52,26 @@ PAPER_NORM_EPS = 1e-6  # paper mode: ‖B A‖_F is clamped here, so B = 0 gives
 
 @dataclass
 class SDLoRAConfig(MethodConfig):
-    rank: int = 10  # rank of every task's component (SD-LoRA-RR: of tasks before mu)
-    targets: str = "qv"  # adapted slices of the fused qkv
-    mode: Literal["official", "paper"] = "official"
-    init_magnitude: float | None = None  # None: 0.8 (official) or 1.0 (paper)
-    reset_magnitudes: bool | None = None  # reset all magnitudes at each task; None: official yes, paper no
+    rank: int = option(10, "rank of every task's component (SD-LoRA-RR: of tasks before mu)", ge=1)
+    targets: str = option("qv", "adapted slices of the fused qkv")
+    mode: Literal["official", "paper"] = option("official", "official: as the authors' code; paper: as the paper's equations")
+    init_magnitude: float | None = option(None, "initial magnitude of a new task's component; None: 0.8 (official) or 1.0 (paper)")
+    reset_magnitudes: bool | None = option(None, "reset all magnitudes at each task; None: official yes, paper no")
 
 
 @dataclass
 class SDLoRARRConfig(SDLoRAConfig):
-    rank_mu: int = 8  # rank of the components of tasks mu..nu-1
-    rank_nu: int = 6  # rank of the components of tasks nu, nu+1, ...
-    mu: int = 4  # 0-indexed task where the rank first drops (the official code's convention)
-    nu: int = 8
+    rank_mu: int = option(8, "rank of the components of tasks mu..nu-1", ge=1)
+    rank_nu: int = option(6, "rank of the components of tasks nu, nu+1, ...", ge=1)
+    mu: int = option(4, "0-indexed task where the rank first drops (the official code's convention)", ge=0)
+    nu: int = option(8, "0-indexed task where the rank drops the second time", ge=0)
 
 
 @dataclass
 class SDLoRAKDConfig(SDLoRAConfig):
-    tau: float = 9e-4  # absorb when the relative (unsquared) fitting residual is at most this
-    kd_scale_by_alpha_t: bool = True  # absorb α_t·Δα (function-preserving); false: Δα (paper text)
-    kd_per_projection: bool = False  # fit, test and absorb per block/projection (LibContinual reading)
+    tau: float = option(9e-4, "absorb when the relative (unsquared) fitting residual is at most this", ge=0)
+    kd_scale_by_alpha_t: bool = option(True, "absorb α_t·Δα (function-preserving); false: Δα (paper text)")
+    kd_per_projection: bool = option(False, "fit, test and absorb per block/projection (LibContinual reading)")
 
 
 @register_method("sdlora")

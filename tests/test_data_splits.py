@@ -85,7 +85,7 @@ def test_coda_imagenet_r_lists_as_published():
     assert (train_sha, test_sha) == (CODA_SHA["train"], CODA_SHA["test"])
     assert all(p.startswith("data/imagenet-r/n") for p in train_paths[:100] + test_paths[:100])
     assert not set(train_paths) & set(test_paths)
-    # the label map comes from the files and is not alphabetical (protocols.md §1.2)
+    # the label map comes from the files and is not alphabetical (docs/protocol.md)
     label_of = {p.split("/")[2]: int(y) for p, y in zip(train_paths + test_paths, np.concatenate([train_y, test_y]))}
     assert len(label_of) == 200 and sorted(label_of.values()) == list(range(200))
     by_label = {v: k for k, v in label_of.items()}

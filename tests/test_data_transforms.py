@@ -17,7 +17,7 @@ def photo(w=120, h=90, label=3):
 
 
 def reference(name, train):
-    """The references' torchvision pipelines (protocols.md §1.1), up to ToTensor."""
+    """The references' torchvision pipelines (docs/protocol.md), up to ToTensor."""
     if name == "pilot":
         if train:
             return T.Compose([T.RandomResizedCrop(64, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3)), T.RandomHorizontalFlip(), T.PILToTensor()])

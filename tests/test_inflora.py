@@ -150,7 +150,7 @@ def test_memory_is_not_updated_after_the_last_task_and_old_heads_are_frozen():
 
 @pytest.mark.parametrize("name, lora_params", [("inflora", 184_320), ("inflora-b5", 76_800)])
 def test_parameter_counts_match_the_official_logs_for_vit_b16(name, lora_params):
-    """methods.md §6.4: 192,010 trainable on CIFAR (184,320 LoRA + 7,690 head of 10 classes)."""
+    """Trainable parameters: 192,010 on CIFAR (184,320 LoRA + 7,690 head of 10 classes)."""
     m = make(name, vit_b16(), n_tasks=10, per_task=10)
     # the design's values are not what this test is about (and 12 SVDs of 768x768 are slow on a CPU)
     m.covariances = lambda *args: None

@@ -159,7 +159,7 @@ def test_lora_endpoints_reproduce_the_recorded_accuracy_and_the_plane_is_saved(r
 def test_finetune_endpoints_reproduce_the_recorded_accuracy(runs):
     rec = runs["finetune"]
     run_dir = Path(rec["run_dir"])
-    # the later head for every point (the spec's choice): exact at λ = 1 over the later task's classes
+    # the later head for every point (the default): exact at λ = 1 over the later task's classes
     result = compute(run_dir, line=(0, 1), plane=None, lambdas=np.array([0.0, 1.0]), device="cpu")
     assert result.line["acc"][-1] == pytest.approx(rec["accuracy_matrix"][1], abs=1e-9)
     assert "head.weight" in result.meta["line"]["from_target"] and result.meta["line"]["endpoints"][0]["match"]

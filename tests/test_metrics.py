@@ -44,7 +44,7 @@ def test_single_task_has_no_forgetting():
 
 
 def test_matrix_typed_in_from_sdlora_logs():
-    # sdlora.md §6.1: InR-T5 curve -> AAA 83.00; InA final row task-mean 59.24 (A_N is 58.66 weighted)
+    # SD-LoRA's official log logs/InR-T5.log: its curve -> AAA 83.00; InA final row task-mean 59.24 (A_N is 58.66 weighted)
     curve = [89.64, 84.43, 81.37, 80.22, 79.32]
     square = np.full((5, 5), np.nan)
     for t, v in enumerate(curve):

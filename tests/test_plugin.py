@@ -55,4 +55,8 @@ def test_entry_point_plugin_runs_end_to_end(tmp_path):
     (path,) = out.glob("shapes/linear-probe/*/record.json")
     record = json.loads(path.read_text())
     assert record["status"] == "complete" and record["config"]["train"]["lr"] == 0.1
+    assert record["environment"]["plugins"] == [{
+        "kind": "method", "name": "linear-probe", "distribution": "example-clbench-plugin", "version": "0.1",
+        "entry_point": "example = example_clbench_plugin", "module": "example_clbench_plugin",
+        "file": str(pkg / "example_clbench_plugin" / "__init__.py")}]
     assert record["tasks"][1]["trainable_params"] == 96 * 4 + 4

@@ -159,7 +159,7 @@ def vit_b16():
 
 
 def test_parameter_counts_match_the_spec_for_vit_b16():
-    """sdlora.md §2.1/§10: 24·r·1536 per task (368,640 / 294,912 / 221,184 at r = 10/8/6);
+    """Parameter counts: 24·r·1536 per task (368,640 / 294,912 / 221,184 at r = 10/8/6);
     after 20 tasks 7.37 M (SD-LoRA) vs 5.31 M (RR); 769 head parameters per class; no
     duplicated backbone (85,798,656 parameters without head)."""
     expected_totals = {"sdlora": 7_372_800, "sdlora-rr": 5_308_416}

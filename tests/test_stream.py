@@ -1,4 +1,4 @@
-"""Class orders (protocols.md §1.3 fixtures), task splits and stream relabelling."""
+"""Class orders (the orders PyCIL/PILOT seeds give), task splits and stream relabelling."""
 
 import numpy as np
 import pytest
@@ -31,7 +31,26 @@ def test_task_splits():
     assert task_splits(100, 6, 50) == [(0, 50)] + [(50 + 10 * i, 60 + 10 * i) for i in range(5)]
     assert task_splits(345, 5, None)[-1] == (276, 345)
     with pytest.raises(ConfigError, match="divide evenly"):
+        task_splits(100, 7, 12)
+
+
+def test_uneven_tasks_are_an_error_that_names_init_cls():
+    # 50 classes in 3 tasks used to become 16/17/17 silently
+    with pytest.raises(ConfigError, match=r"init_cls=18 \(tasks of 18 \+ 2x16") as exc:
+        task_splits(50, 3, None)
+    assert "n_tasks among 2, 5, 10, 25" in str(exc.value)
+    assert task_splits(50, 3, 18) == [(0, 18), (18, 34), (34, 50)]
+    with pytest.raises(ConfigError, match="init_cls=16"):
         task_splits(100, 7, None)
+
+
+def test_plan_rejects_uneven_tasks_before_any_write(tmp_path):
+    from clbench.experiment import DataCache, plan
+
+    with pytest.raises(ConfigError, match="benchmark.init_cls=18"):
+        plan(["simplecil"], "shapes", [1], None, [("benchmark.n_classes", 50), ("benchmark.n_tasks", 3),
+                                                  ("engine.output_dir", str(tmp_path / "out"))], DataCache())
+    assert not (tmp_path / "out").exists()
 
 
 def _dataset(labels):

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..errors import ConfigError
 from .base import Injection, injections
 
 Prefixes = dict[int, tuple[Tensor, Tensor]]
@@ -71,11 +72,21 @@ def prompts_suspended(backbone: Backbone) -> Iterator[None]:
         yield
 
 
+def check_no_rope(backbone: Backbone, why: str) -> None:
+    """Prompts change the sequence that timm's rotary position embeddings are sized for."""
+    if getattr(backbone.vit, "rope", None) is not None:
+        raise ConfigError(
+            f"Backbone '{backbone.tag}' uses rotary position embeddings (as EVA-02 does), which timm sizes for the "
+            f"image's tokens, so {why}. Use a ViT with absolute position embeddings (ViT, DeiT, CLIP, DINOv2) for "
+            f"prompt methods, or a method that adapts weights (e.g. lora, sdlora, inflora) on this backbone.")
+
+
 class PromptTokens(PromptInjection):
     """Prompt tokens after the prefix tokens, before the patches (hook on ``vit.norm_pre``)."""
 
     def __init__(self, backbone: Backbone):
         super().__init__(backbone)
+        check_no_rope(backbone, "prompt tokens cannot be inserted before the patches")
         self.num_prefix_tokens = backbone.num_prefix_tokens
         self.hook("vit.norm_pre", self.module_at(backbone, "vit.norm_pre"), self._insert)
 
@@ -103,6 +114,7 @@ class KVPrefixes(PromptInjection):
 
     def __init__(self, backbone: Backbone, blocks: Sequence[int]):
         super().__init__(backbone)
+        check_no_rope(backbone, "key/value prefixes cannot join the attention")
         self.block_ids = sorted(set(blocks))
         modules = []
         for b in self.block_ids:

@@ -44,6 +44,15 @@ def task_splits(n_classes: int, n_tasks: int, init_cls: int | None) -> list[tupl
         raise ConfigError(f"benchmark.n_tasks must be at least 1, got {n_tasks}.")
     if n_tasks == 1:
         return [(0, n_classes)]
+    if init_cls is None and n_classes % n_tasks:
+        inc = n_classes // n_tasks
+        first = n_classes - (n_tasks - 1) * inc
+        divisors = [n for n in range(2, n_classes + 1) if n_classes % n == 0 and n <= 50]
+        raise ConfigError(
+            f"{n_classes} classes do not divide into {n_tasks} equal tasks. Either give the first task the "
+            f"extra classes with --set benchmark.init_cls={first} (tasks of {first} + {n_tasks - 1}x{inc} classes), "
+            f"or choose benchmark.n_tasks among {', '.join(map(str, divisors)) or '1'}."
+        )
     first = init_cls if init_cls is not None else n_classes // n_tasks
     rest = n_classes - first
     if first <= 0 or rest <= 0 or rest % (n_tasks - 1):

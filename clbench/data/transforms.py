@@ -1,6 +1,6 @@
 """Image pipelines of the reference code, on PIL images and on the decoded cache.
 
-Two pipelines (``protocols.md`` §1.1), both ending in uint8 HWC arrays that the trainer turns
+Two pipelines (docs/protocol.md, "Image pipelines"), both ending in uint8 HWC arrays that the trainer turns
 into float [0,1] on the device (what ``ToTensor`` gives, no mean/std normalisation):
 
 ``pilot`` (PILOT, APER, SD-LoRA, and InfLoRA on IN-A/CUB)

@@ -4,7 +4,7 @@
 ``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment; :func:`current` then joins the
 process group once per process (gloo on CPU, NCCL on CUDA, one GPU per process). Without
 those variables :class:`SingleProcess` makes every helper an identity, so the trainer has one
-code path. What is continual-learning specific (see the spec, protocols §5): the model is
+code path. What is continual-learning specific (docs/protocol.md, "Several processes"): the model is
 re-wrapped every task (its parameters change), prompt pools leave parameters unused in a
 step, statistics that methods gather are summed over ranks, evaluation shards the test set
 without padding, and only rank 0 writes.

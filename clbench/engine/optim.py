@@ -55,7 +55,7 @@ def lr_factor(schedule: str, epoch: int, epochs: int, milestones: tuple[int, ...
         return 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
-    if schedule == "coda-cosine":  # CODA-Prompt's variant (spec methods.md §4.4)
+    if schedule == "coda-cosine":  # CODA-Prompt's variant (GT-RIPL/CODA-Prompt; docs/methods.md)
         return math.cos(99 * math.pi * epoch / (200 * (epochs - 1))) if epochs > 1 else 1.0
     if schedule == "multistep":
         return gamma ** sum(epoch >= m for m in milestones)

@@ -4,7 +4,7 @@ The solutions after the chosen tasks are rebuilt from the run's per-task states
 (``tasks[].state.file``) on fresh instances of the method (the state contract), each read
 inside its ``eval_context()`` (adapters merged into the weights: SD-LoRA Fig. 4 interpolates
 merged weight updates, not the factors). The latest of them is the *target*: its head is
-used for every point (the spec's choice; ``grown="interpolate"`` interpolates the block of
+used for every point (the default; ``grown="interpolate"`` interpolates the block of
 grown tensors that all solutions share instead), and evaluation runs on the test data of
 every task up to the target, over the classes the target has seen. For the earlier endpoint
 the accuracy over the classes seen at that task is recorded too, so both endpoints can be
