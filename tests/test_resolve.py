@@ -160,7 +160,7 @@ def test_the_cli_passes_config_file_values_apart_from_set_values(tmp_path, monke
 
     seen = {}
 
-    def fake_plan(methods, benchmark, seeds, preset, overrides, cache, *, file_overrides):
+    def fake_plan(methods, benchmark, seeds, preset, overrides, cache, *, file_overrides, **_):
         seen.update(overrides=list(overrides), file_overrides=list(file_overrides))
         raise ConfigError("stop here")
 
