@@ -35,6 +35,12 @@ def report(
         # piped output: as wide as the table needs (a terminal squeezes it to fit instead)
         width = None if console.is_terminal else max(console.width, console.measure(rich_table).maximum)
         console.print(rich_table, width=width)
+    from .report.efficiency import to_rich as efficiency_rich
+
+    for table in rep.efficiency:
+        rich_table = efficiency_rich(table)
+        width = None if console.is_terminal else max(console.width, console.measure(rich_table).maximum)
+        console.print(rich_table, width=width)
     for note in rep.notes:
         console.print(f"  {note}", highlight=False, soft_wrap=True)
     if rep.collection.skipped:

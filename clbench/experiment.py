@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from . import comparability
 from .backbones import _resolve_spec, check_bundled, create_backbone
 from .config import RESULT_NEUTRAL_ENGINE, BackboneConfig, RunConfig
 from .engine.checkpoint import Checkpointer, ResumePoint
@@ -25,7 +26,9 @@ from .engine.dist import current as current_dist
 from .engine.progress import ProgressReporter
 from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
 from .engine.trainer import Trainer
-from .errors import ConfigError, DataError, TrainingDiverged, WeightsError
+from .errors import ConfigError, DataError, RegistryError, TrainingDiverged, WeightsError
+from .efficiency import stream_efficiency
+from .presets import find_preset
 from .records import RunRecorder, ensure_writable, header, jsonable, load_record, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
 from .resolve import Override, PlannedRun, config_from_record, resolve
@@ -115,6 +118,7 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
     dist = current_dist(resolve_device(cfg.engine.device))
     progress = _progress_for(progress, dist)
     data, stream, method = build(cfg, cache)
+    _flag_departures(method, cfg, run.preset, progress)
     backbone = method.backbone
     device = dist.device(resolve_device(cfg.engine.device))
     made = str(new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)) if dist.is_main else None
@@ -122,6 +126,8 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
     engine_info = engine_summary(device, resolve_precision(cfg.engine.precision, device))
     recorder = RunRecorder(run_dir, header(run, stream, data, backbone, engine_info, dist.world_size, run_dir),
                            write=dist.is_main)
+    recorder.record["comparable"] = not method.noncomparable
+    recorder.record["noncomparable_reasons"] = list(method.noncomparable)
     return _train(cfg, stream, method, recorder, dist, progress, on_task, None)
 
 
@@ -160,6 +166,16 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     if point.tasks_done > len(record["tasks"]):
         raise ConfigError(f"The checkpoint in {run_dir} is ahead of its record ({point.tasks_done} tasks vs "
                           f"{len(record['tasks'])}); the record was not written. Start a new run.")
+    try:
+        preset = find_preset(record["preset"], cfg.method, cfg.benchmark, cfg.to_dict()["benchmark"]) \
+            if record.get("preset") else None
+    except RegistryError:
+        preset = None
+        method.noncomparable.append(f"preset {record['preset']} is no longer defined for this setting")
+    _flag_departures(method, cfg, preset, progress)
+    for reason in record.get("noncomparable_reasons") or []:  # earlier resumes, earlier values
+        if reason not in method.noncomparable:
+            method.noncomparable.append(reason)
     if changed:
         method.noncomparable.append(f"resumed after task {point.tasks_done} with changed settings: {', '.join(changed)}")
     if point.step is not None and any(k.startswith("train.") for k, _ in overrides):
@@ -171,6 +187,14 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
                                   write=dist.is_main)
     recorder.record["config"] = cfg.to_dict()
     return _train(cfg, stream, method, recorder, dist, progress, on_task, point)
+
+
+def _flag_departures(method: Any, cfg: RunConfig, preset: Any, progress: ProgressReporter) -> None:
+    """Name every departure from the preset's published setting on the method's
+    non-comparable reasons (they reach the record) and warn about them now."""
+    method.noncomparable.extend(r for r in comparability.departures(cfg, preset) if r not in method.noncomparable)
+    if method.noncomparable:
+        progress.log(f"[yellow]warning:[/] {comparability.warning(cfg, preset, method.noncomparable)}")
 
 
 def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist: SingleProcess,
@@ -212,6 +236,8 @@ def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
+    recorder.record["efficiency"] = jsonable(stream_efficiency(method, trainer.test_image(stream.tasks[-1]),
+                                                               recorder.record["tasks"]))
     record = recorder.finish("complete")
     checkpoint.discard()
     return record

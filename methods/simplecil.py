@@ -15,6 +15,8 @@ from .base import CLMethod
 class SimpleCIL(CLMethod):
     """Prototype classifier (cosine to class means) on the frozen backbone; no training."""
 
+    display_name = "SimpleCIL"
+
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)
         self.freeze_backbone()

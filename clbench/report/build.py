@@ -10,6 +10,9 @@ import pandas as pd
 from ..errors import DataError
 from .aggregate import PaperTable, paper_tables, setting_notes, summarize
 from .collect import Collection, collect, find_records
+from .efficiency import EfficiencyTable, efficiency_tables
+from .efficiency import to_markdown as efficiency_markdown
+from .efficiency import write_csv as write_efficiency_csv
 from .tables import to_latex, to_markdown, write_csv
 
 
@@ -23,6 +26,7 @@ class Report:
     notes: list[str]
     figures: list = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    efficiency: list[EfficiencyTable] = field(default_factory=list)
 
 
 def gather(paths: list[Path]) -> Report:
@@ -38,7 +42,7 @@ def gather(paths: list[Path]) -> Report:
             f"(e.g. 'clbench report results')."
         )
     summary = summarize(coll)
-    return Report(coll, summary, paper_tables(summary), setting_notes(summary))
+    return Report(coll, summary, paper_tables(summary), setting_notes(summary), efficiency=efficiency_tables(summary))
 
 
 def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, source: str = "") -> Report:
@@ -47,6 +51,7 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
     coll = report.collection
     md = ["# clbench report", ""]
     md += [to_markdown(t) for t in report.tables]
+    md += [efficiency_markdown(t) for t in report.efficiency]
     md += ["Settings:", ""] + [f"- {n}" for n in report.notes]
     if coll.skipped:
         md += ["", coll.skipped_summary(), ""] + [f"- `{s.path}`: {s.reason}" for s in coll.skipped]
@@ -54,6 +59,8 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
     files[0].write_text("\n".join(md) + "\n")
     files[1].write_text("% clbench report; needs \\usepackage{booktabs}\n" + "\n".join(to_latex(t) for t in report.tables))
     files += write_csv(report.summary, coll.runs, out_dir)
+    if report.efficiency:
+        files.append(write_efficiency_csv(report.efficiency, out_dir))
     if plots or html:
         from .plots import all_figures
 
@@ -63,7 +70,8 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
         from .html import render
 
         page = render(report.tables, report.notes, report.figures, source=source or "the given records",
-                      n_runs=len(coll.runs), skipped=coll.skipped, skipped_summary=coll.skipped_summary())
+                      n_runs=len(coll.runs), skipped=coll.skipped, skipped_summary=coll.skipped_summary(),
+                      efficiency=report.efficiency)
         files.append(out_dir / "index.html")
         files[-1].write_text(page, encoding="utf-8")
     report.files = files
