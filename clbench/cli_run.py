@@ -138,10 +138,12 @@ def list_(
         from .presets import PRESETS
 
         table = Table(title="Presets", title_justify="left")
-        for col in ("name", "method", "benchmark", "when", "reported Acc/AAA", "source"):
+        for col in ("name", "method", "benchmark", "when", "reported Acc/AAA; efficiency", "source"):
             table.add_column(col)
         for p in PRESETS:
             rep = f"{p.reported.acc}/{p.reported.aaa}" if p.reported else ""
+            rep += " (unverified)" if p.reported and not p.reported.verified else ""
+            rep += f"; {p.efficiency.gflops} GFLOPs, {p.efficiency.learnable_params_m} M" if p.efficiency else ""
             table.add_row(p.name, p.method, p.benchmark, str(p.when or ""), rep, p.source)
         console.print(table)
 
@@ -175,6 +177,8 @@ def bench(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra config overrides (as in 'run').")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the measurements to this JSON file.")] = None,
+    efficiency: Annotated[bool, typer.Option("--efficiency", help="Instead of timing: the efficiency table (GFLOPs, "
+                                             "learnable parameters, stored statistics) at the late task.")] = False,
 ) -> None:
     """Time training steps (task 1 vs a late task), evaluation (merged, unmerged, bare
     backbone), memory and the data loader, interleaved in one process."""
@@ -192,6 +196,9 @@ def bench(
                  ("benchmark.n_tasks", late_task), ("benchmark.n_classes", 10 * late_task)] + parse_set(set_ or [])
     overrides += [("engine.device", device)] if device else []
     overrides += [("engine.precision", precision)] if precision else []
+    if efficiency:
+        _bench_efficiency(split_list(methods), late_task, overrides, backbone, json_out)
+        return
     rows = []
     for name in split_list(methods):
         rows.append(measure(name, late_task - 1, batch_size, "random", overrides, repeats=repeats, warmup=warmup))
@@ -205,6 +212,30 @@ def bench(
                       f"with crop+flip ({load['augment_cost']:.2f}x slower)", highlight=False)
     if json_out:
         json_out.write_text(json.dumps({"methods": rows, "loader": load}, indent=1))
+
+
+def _bench_efficiency(methods: list[str], late_task: int, overrides: list, backbone: str, json_out: Path | None) -> None:
+    """``clbench bench --efficiency``: the efficiency figures of each method at the late task."""
+    import json
+
+    from .bench import measure_efficiency
+
+    rows = []
+    for name in methods:
+        rows.append(measure_efficiency(name, late_task - 1, "random", overrides))
+        err_console.print(f"  measured {name}")
+    size = rows[0]["input_size"][-1] if rows else 0
+    table = Table(title=f"clbench bench --efficiency: {backbone}, {size} px, task {late_task} "
+                        f"(learnable: what that task trains, heads included)")
+    for col in ("method", "GFLOPs", "learnable params (M)", "stored features (M)", "stored MB", "added params (M)"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(r["display_name"], f"{r['gflops']:.2f}", f"{r['learnable_params'] / 1e6:.3f}",
+                      f"{r['stored_values'] / 1e6:.3f}", f"{r['stored_bytes'] / 2**20:.2f}",
+                      f"{r['added_params'] / 1e6:.3f}")
+    Console(width=max(console.width, 120)).print(table)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=1))
 
 
 def bench_table(rows: list[dict], backbone: str) -> Table:

@@ -80,6 +80,6 @@ def departures(config: RunConfig, preset: Preset | None) -> list[str]:
 
 def warning(config: RunConfig, preset: Preset | None, reasons: list[str]) -> str:
     """The line printed when a run starts that its preset's numbers do not apply to."""
-    what = f"preset '{preset.name}''s published numbers" if reports_numbers(preset) else "published numbers"
+    what = f"the published numbers of preset '{preset.name}'" if reports_numbers(preset) else "published numbers"
     return (f"{config.method} seed {config.seed} is NOT comparable with {what}: " + "; ".join(reasons)
             + ". The report will not show those numbers beside it.")

@@ -124,10 +124,9 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
     made = str(new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)) if dist.is_main else None
     run_dir = Path(dist.broadcast_object(made))
     engine_info = engine_summary(device, resolve_precision(cfg.engine.precision, device))
-    recorder = RunRecorder(run_dir, header(run, stream, data, backbone, engine_info, dist.world_size, run_dir),
-                           write=dist.is_main)
-    recorder.record["comparable"] = not method.noncomparable
-    recorder.record["noncomparable_reasons"] = list(method.noncomparable)
+    head = header(run, stream, data, backbone, engine_info, dist.world_size, run_dir)
+    head.update(comparable=not method.noncomparable, noncomparable_reasons=list(method.noncomparable))
+    recorder = RunRecorder(run_dir, head, write=dist.is_main)
     return _train(cfg, stream, method, recorder, dist, progress, on_task, None)
 
 

@@ -71,7 +71,7 @@ def test_the_issue_example_is_not_comparable_warns_records_and_hides_the_paper_n
                      "train.batch_size=16 (preset paper: 128)", "benchmark.check_counts=False (preset paper: True)"):
         assert expected in reasons
     printed = out.getvalue()
-    assert "NOT comparable with preset 'paper''s published numbers" in printed and "train.epochs=1" in printed
+    assert "NOT comparable with the published numbers of preset 'paper'" in printed and "train.epochs=1" in printed
     assert printed.index("NOT comparable") < printed.index("task 1/5")  # warned when the run starts
 
     # the report keeps the paper's 79.15 away from our number and says why

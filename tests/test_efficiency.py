@@ -150,3 +150,26 @@ def test_presets_cite_table5_and_label_recalled_numbers_unverified():
     assert find_preset("paper", "sdlora", "imagenet_r", {"n_tasks": 10}).efficiency is None  # Table 5 is N=20
     assert find_preset("paper", "inflora", "imagenet_r", {"n_tasks": 10}).reported.verified is False
     assert sdlora.reported.verified is True
+
+
+def test_bench_efficiency_measures_the_late_task_structure(tmp_path):
+    """``clbench bench --efficiency``: the figures a record would hold, at a late task."""
+    from typer.testing import CliRunner
+
+    from clbench.bench import measure_efficiency
+    from clbench.cli import app
+
+    micro = [("backbone.name", "vit_micro_patch4_32.shapes_pre"), ("backbone.weights", "none"),
+             ("benchmark.image_size", 32), ("benchmark.n_tasks", 3), ("benchmark.n_classes", 6),
+             ("benchmark.train_per_class", 1)]
+    simplecil = measure_efficiency("simplecil", 2, "random", micro)
+    assert simplecil["stored_values"] == 6 * 96 and simplecil["learnable_params"] == 0  # 6 class means
+    lora = measure_efficiency("lora", 2, "random", micro)
+    assert lora["gflops"] == pytest.approx(simplecil["gflops"])  # merged: the backbone and a 6-class product, as SimpleCIL
+    assert lora["learnable_params"] == 6 * 2 * (10 * 96 + 96 * 10) + 6 * 96 + 6  # rank-10 q/v adapters of 6 blocks + head
+    out = tmp_path / "eff.json"
+    result = CliRunner().invoke(app, ["bench", "-m", "simplecil", "--efficiency", "--backbone",
+                                      "vit_micro_patch4_32.shapes_pre", "--image-size", "32", "--late-task", "2",
+                                      "--set", "benchmark.train_per_class=1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "SimpleCIL" in result.output and json.loads(out.read_text())[0]["stored_values"] == 20 * 96  # 10 classes a task
