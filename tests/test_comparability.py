@@ -89,3 +89,41 @@ def test_the_issue_example_is_not_comparable_warns_records_and_hides_the_paper_n
     notes = "\n".join(rep.notes)
     assert "NOT comparable with preset paper; its published numbers are not shown" in notes
     assert "train.epochs=1 (preset paper: 20)" in notes
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_resumed_run_keeps_its_departures_and_ends_with_efficiency(tmp_path, monkeypatch):
+    from clbench.engine.loop import Loop
+    from clbench.experiment import resume
+    from clbench.presets import PRESETS, Preset, Reported
+
+    small = {"benchmark.n_classes": 4, "benchmark.train_per_class": 8, "benchmark.test_per_class": 4,
+             "train.batch_size": 16}
+    preset = Preset("test-paper", "lora", "shapes", {**small, "train.epochs": 3}, when={"n_tasks": 2},
+                    reported=Reported(70.0, 75.0, source="A paper"))
+    monkeypatch.setattr("clbench.presets.PRESETS", [*PRESETS, preset])
+    base = [("benchmark.n_tasks", 2), ("engine.progress", False), ("engine.output_dir", str(tmp_path)),
+            ("engine.checkpoint_every", 1)]
+    (run,) = plan(["lora"], "shapes", [1993], "test-paper", base + [("train.epochs", 1)])
+    original, calls = Loop.step, {"n": 0}
+
+    def crash(loop, spec, *args):
+        calls["n"] += spec.task_index == 1
+        if calls["n"] == 1 and spec.task_index == 1:
+            raise Crash
+        return original(loop, spec, *args)
+
+    monkeypatch.setattr(Loop, "step", crash)
+    try:
+        execute(run)
+    except Crash:
+        pass
+    monkeypatch.setattr(Loop, "step", original)
+    run_dir = next((tmp_path / "shapes" / "lora").iterdir())
+    record = resume(run_dir)
+    assert record["status"] == "complete" and not record["comparable"]
+    assert record["noncomparable_reasons"] == ["train.epochs=1 (preset test-paper: 3)"]
+    assert record["efficiency"]["inference_flops"] > 0 and len(record["tasks"]) == 2
