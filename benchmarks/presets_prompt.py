@@ -108,13 +108,13 @@ _CODA_SOURCE = ("GT-RIPL/CODA-Prompt experiments/*.sh and models/zoo.py (--promp
 for _n, (_acc, _std) in {5: (76.51, 0.38), 10: (75.45, 0.56), 20: (72.37, 1.19)}.items():
     add_preset("paper", "coda-prompt", "imagenet_r", {**_CODA_PAPER, "train.epochs": 50},
             f"{_CODA_SOURCE}: {_acc} +- {_std} (recalled, unverified)",
-            Reported(_acc, source=f"CODA-Prompt paper (CVPR 2023), ImageNet-R {_n} tasks"), n_tasks=_n)
+            Reported(_acc, source=f"CODA-Prompt paper (CVPR 2023), ImageNet-R {_n} tasks", verified=False), n_tasks=_n)
 add_preset("paper", "coda-prompt", "cifar100", {**_CODA_PAPER, "train.epochs": 20},
         f"{_CODA_SOURCE}: 86.25 +- 0.74 (recalled, unverified)",
-        Reported(86.25, source="CODA-Prompt paper (CVPR 2023), CIFAR-100 10 tasks"), n_tasks=10)
+        Reported(86.25, source="CODA-Prompt paper (CVPR 2023), CIFAR-100 10 tasks", verified=False), n_tasks=10)
 add_preset("paper", "coda-prompt", "domainnet", {**_CODA_PAPER, "train.epochs": 5},
         f"{_CODA_SOURCE}: 73.24 +- 0.59 (recalled, unverified)",
-        Reported(73.24, source="CODA-Prompt paper (CVPR 2023), DomainNet 5 tasks"), n_tasks=5)
+        Reported(73.24, source="CODA-Prompt paper (CVPR 2023), DomainNet 5 tasks", verified=False), n_tasks=5)
 _CODA_SDL = {**_CODA, "backbone.name": SDLORA_BACKBONE, "train.epochs": 50}
 _SDL_CODA_SOURCE = "WuYichen-97/SD-Lora-CL exps/coda_prompt*.json (PILOT CODA-P: as the official code, natural order)"
 for _n, (_acc, _acc_se, _aaa, _aaa_se) in {5: (76.63, 0.27, 80.30, 0.28), 10: (74.05, 0.41, 78.14, 0.39),
@@ -145,7 +145,8 @@ add_preset("paper", "hide-prompt", "cifar100",
         {**_HIDE, "method.length": 5, "method.reg": 0.1, "train.epochs": 50, "train.schedule": "multistep",
          "train.milestones": (30,), "train.gamma": 0.1, "backbone.name": IN21K, **NATURAL},
         _HIDE_SOURCE + "; FAA 92.61 +- 0.28, CAA 94.03 (task-averaged; recalled, unverified)",
-        Reported(92.61, 94.03, source="HiDe-Prompt paper (NeurIPS 2023), Split CIFAR-100, Sup-21K"), n_tasks=10)
+        Reported(92.61, 94.03, source="HiDe-Prompt paper (NeurIPS 2023), Split CIFAR-100, Sup-21K", verified=False),
+        n_tasks=10)
 _HIDE_SDL = {**_HIDE_IMR, "backbone.name": SDLORA_BACKBONE, **SEEDED_1993}
 _SDL_HIDE_SOURCE = ("HiDe-Prompt ImageNet-R hyperparameters (the SD-LoRA repo ships no HiDe config; assumed) "
                     "on the SD-LoRA protocol")

@@ -222,3 +222,27 @@ def measure_loader(benchmark: str, batch_size: int, overrides: Sequence[Override
         result[f"loader_img_s_{name}"] = batches * batch_size / seconds
     result["augment_cost"] = result["loader_img_s_memory"] / result["loader_img_s_memory_augment"]
     return result
+
+
+def measure_efficiency(method: str, late_task: int, benchmark: str = "random",
+                       overrides: Sequence[Override] = ()) -> dict[str, Any]:
+    """The efficiency record's structural figures (:mod:`clbench.efficiency`) of ``method``
+    at task ``late_task`` (0-indexed) without training: its hooks run for the earlier tasks
+    and the late one (statistics passes included), then the late task's learnable parameters
+    (main groups and declared phases), the stored statistics and the FLOPs of one evaluation
+    forward are counted as a run's record counts them."""
+    from .efficiency import added_parameters, inference_flops, stored_statistics, trained_parameters
+
+    trainer, ctx = prepared(method, benchmark, late_task, overrides)
+    m = trainer.method
+    groups = m.parameter_groups() + [g for p in m.pre_training_phases(ctx) if p.epochs > 0 for g in p.groups]
+    m.after_task(ctx)
+    groups += [g for p in m.post_task_phases(ctx) if p.epochs > 0 for g in p.groups]
+    stored = stored_statistics(m)
+    image = trainer.test_image(ctx.task)
+    return {"method": method, "display_name": getattr(type(m), "__dict__", {}).get("display_name") or method,
+            "late_task": late_task + 1, "input_size": list(image.shape[-3:]),
+            "gflops": inference_flops(m, image) / 1e9,
+            "learnable_params": sum(p.numel() for p in trained_parameters(groups)),
+            "added_params": added_parameters(m), "stored_values": stored["values"], "stored_bytes": stored["bytes"],
+            "stored_entries": stored["entries"]}

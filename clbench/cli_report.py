@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from .cli_common import app, console, err_console, friendly, print_unfinished, split_list
 from .errors import ConfigError
@@ -35,6 +36,15 @@ def report(
         # piped output: as wide as the table needs (a terminal squeezes it to fit instead)
         width = None if console.is_terminal else max(console.width, console.measure(rich_table).maximum)
         console.print(rich_table, width=width)
+    from .report.efficiency import to_rich as efficiency_rich
+
+    for table in rep.efficiency:
+        rich_table = efficiency_rich(table)
+        if console.is_terminal:
+            console.print(rich_table)
+        else:  # piped: as wide as the table needs (print(width=) cannot exceed the console's width)
+            wide = console.measure(rich_table, options=console.options.update(max_width=1000)).maximum
+            Console(file=console.file, width=max(console.width, wide)).print(rich_table)
     for note in rep.notes:
         console.print(f"  {note}", highlight=False, soft_wrap=True)
     if rep.collection.skipped:

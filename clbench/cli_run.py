@@ -210,16 +210,18 @@ def presets_table(method: str | None = None, benchmark: str | None = None) -> Ta
 
     table = Table(title="Presets" + "".join(f" · {k} {v}" for k, v in (("method", method), ("benchmark", benchmark))
                                             if v), title_justify="left")
-    for col in ("name", "method", "benchmark", "when", "reported Acc", "reported AAA", "source"):
+    for col in ("name", "method", "benchmark", "when", "reported Acc", "reported AAA", "Table 5 efficiency", "source"):
         table.add_column(col)
     for p in PRESETS:
         if (method and p.method != method) or (benchmark and p.benchmark != benchmark):
             continue
         when = ", ".join(f"{k} = {v}" for k, v in p.when.items()) or "any setting"
         rep = p.reported
+        unverified = " (unverified)" if rep and not rep.verified else ""
+        eff = f"{p.efficiency.gflops} GFLOPs, {p.efficiency.learnable_params_m} M" if p.efficiency else "—"
         table.add_row(*(escape(str(v)) for v in (p.name, p.method, p.benchmark, when,
-                                                 num(rep.acc if rep else None), num(rep.aaa if rep else None),
-                                                 p.source or "—")))
+                                                 num(rep.acc if rep else None) + unverified,
+                                                 num(rep.aaa if rep else None), eff, p.source or "—")))
     return table
 
 
@@ -252,6 +254,8 @@ def bench(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra config overrides (as in 'run').")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the measurements to this JSON file.")] = None,
+    efficiency: Annotated[bool, typer.Option("--efficiency", help="Instead of timing: the efficiency table (GFLOPs, "
+                                             "learnable parameters, stored statistics) at the late task.")] = False,
 ) -> None:
     """Time training steps (task 1 vs a late task), evaluation (merged, unmerged, bare
     backbone), memory and the data loader, interleaved in one process."""
@@ -269,6 +273,9 @@ def bench(
                  ("benchmark.n_tasks", late_task), ("benchmark.n_classes", 10 * late_task)] + parse_set(set_ or [])
     overrides += [("engine.device", device)] if device else []
     overrides += [("engine.precision", precision)] if precision else []
+    if efficiency:
+        _bench_efficiency(split_list(methods), late_task, overrides, backbone, json_out)
+        return
     rows = []
     for name in split_list(methods):
         rows.append(measure(name, late_task - 1, batch_size, "random", overrides, repeats=repeats, warmup=warmup))
@@ -284,6 +291,30 @@ def bench(
         from .records import atomic_write_text
 
         atomic_write_text(json_out, json.dumps({"methods": rows, "loader": load}, indent=1))
+
+
+def _bench_efficiency(methods: list[str], late_task: int, overrides: list, backbone: str, json_out: Path | None) -> None:
+    """``clbench bench --efficiency``: the efficiency figures of each method at the late task."""
+    import json
+
+    from .bench import measure_efficiency
+
+    rows = []
+    for name in methods:
+        rows.append(measure_efficiency(name, late_task - 1, "random", overrides))
+        err_console.print(f"  measured {name}")
+    size = rows[0]["input_size"][-1] if rows else 0
+    table = Table(title=f"clbench bench --efficiency: {backbone}, {size} px, task {late_task} "
+                        f"(learnable: what that task trains, heads included)")
+    for col in ("method", "GFLOPs", "learnable params (M)", "stored features (M)", "stored MB", "added params (M)"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(r["display_name"], f"{r['gflops']:.2f}", f"{r['learnable_params'] / 1e6:.3f}",
+                      f"{r['stored_values'] / 1e6:.3f}", f"{r['stored_bytes'] / 2**20:.2f}",
+                      f"{r['added_params'] / 1e6:.3f}")
+    Console(width=max(console.width, 120)).print(table)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=1))
 
 
 def bench_table(rows: list[dict], backbone: str) -> Table:

@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from . import comparability
 from .backbones import _resolve_spec, check_bundled, create_backbone
 from .data.stream import task_splits
 from .config import RESULT_NEUTRAL_ENGINE, BackboneConfig, RunConfig
@@ -28,7 +29,9 @@ from .engine.progress import ProgressReporter
 from .engine.runtime import engine_summary, resolve_device, resolve_precision, seed_everything
 from .engine.trainer import Trainer
 from .metrics import stability_plasticity
-from .errors import ConfigError, DataError, OutputError, TrainingDiverged, WeightsError
+from .errors import ConfigError, DataError, OutputError, RegistryError, TrainingDiverged, WeightsError
+from .efficiency import stream_efficiency
+from .presets import find_preset
 from .records import RunRecorder, ensure_writable, header, jsonable, load_record, new_run_dir, save_state
 from .registry import BENCHMARKS, METHODS
 from .resolve import Override, PlannedRun, config_from_record, resolve
@@ -142,13 +145,15 @@ def execute(run: PlannedRun, progress: ProgressReporter | None = None, cache: Da
     progress = _progress_for(progress, dist)
     data, stream, method = build(cfg, cache)
     check_training_steps(cfg, stream)
+    _flag_departures(method, cfg, run.preset, progress)
     backbone = method.backbone
     device = dist.device(resolve_device(cfg.engine.device))
     made = str(new_run_dir(Path(cfg.engine.output_dir), cfg.benchmark, cfg.method, cfg.seed)) if dist.is_main else None
     run_dir = Path(dist.broadcast_object(made))
     engine_info = engine_summary(device, resolve_precision(cfg.engine.precision, device))
-    recorder = RunRecorder(run_dir, header(run, stream, data, backbone, engine_info, dist.world_size, run_dir),
-                           write=dist.is_main)
+    head = header(run, stream, data, backbone, engine_info, dist.world_size, run_dir)
+    head.update(comparable=not method.noncomparable, noncomparable_reasons=list(method.noncomparable))
+    recorder = RunRecorder(run_dir, head, write=dist.is_main)
     return _train(cfg, stream, method, recorder, dist, progress, on_task, None)
 
 
@@ -187,6 +192,16 @@ def resume(run_dir: Path | str, progress: ProgressReporter | None = None, cache:
     if point.tasks_done > len(record["tasks"]):
         raise ConfigError(f"The checkpoint in {run_dir} is ahead of its record ({point.tasks_done} tasks vs "
                           f"{len(record['tasks'])}); the record was not written. Start a new run.")
+    try:
+        preset = find_preset(record["preset"], cfg.method, cfg.benchmark, cfg.to_dict()["benchmark"]) \
+            if record.get("preset") else None
+    except RegistryError:
+        preset = None
+        method.noncomparable.append(f"preset {record['preset']} is no longer defined for this setting")
+    _flag_departures(method, cfg, preset, progress)
+    for reason in record.get("noncomparable_reasons") or []:  # earlier resumes, earlier values
+        if reason not in method.noncomparable:
+            method.noncomparable.append(reason)
     if changed:
         method.noncomparable.append(f"resumed after task {point.tasks_done} with changed settings: {', '.join(changed)}")
     if point.step is not None and any(k.startswith("train.") for k, _ in overrides):
@@ -209,6 +224,14 @@ def task_values(record: dict[str, Any]) -> dict[str, float | None]:
     return {"acc_all": record["accuracy_curve"][-1], "acc_old": old, "acc_new": new,
             **{f"acc_T{j + 1}": a for j, a in enumerate(record["accuracy_matrix"][-1])},
             "train_s": task["train_s"], "eval_s": task["eval_s"]}
+
+
+def _flag_departures(method: Any, cfg: RunConfig, preset: Any, progress: ProgressReporter) -> None:
+    """Name every departure from the preset's published setting on the method's
+    non-comparable reasons (they reach the record) and warn about them now."""
+    method.noncomparable.extend(r for r in comparability.departures(cfg, preset) if r not in method.noncomparable)
+    if method.noncomparable:
+        progress.log(f"[yellow]warning:[/] {comparability.warning(cfg, preset, method.noncomparable)}")
 
 
 def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist: SingleProcess,
@@ -264,6 +287,8 @@ def _train(cfg: RunConfig, stream: Any, method: Any, recorder: RunRecorder, dist
     finally:
         if loggers is not None:
             loggers.close(recorder.record["metrics"] if len(recorder.record["tasks"]) == stream.n_tasks else None)
+    recorder.record["efficiency"] = jsonable(stream_efficiency(method, trainer.test_image(stream.tasks[-1]),
+                                                               recorder.record["tasks"]))
     record = recorder.finish("complete")
     checkpoint.discard()
     return record

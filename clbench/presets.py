@@ -9,7 +9,7 @@ method × benchmark pair (if any) applies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import RegistryError, closest
@@ -24,9 +24,26 @@ class Reported:
     acc_se: float | None = None
     aaa_se: float | None = None
     source: str = ""  # e.g. "SD-LoRA (ICLR 2025) Table 2"
+    verified: bool = True  # False: the preset's author could not check the numbers against the source
 
     def to_dict(self) -> dict[str, Any]:
-        return {"acc": self.acc, "aaa": self.aaa, "acc_se": self.acc_se, "aaa_se": self.aaa_se, "source": self.source}
+        return {"acc": self.acc, "aaa": self.aaa, "acc_se": self.acc_se, "aaa_se": self.aaa_se, "source": self.source,
+                "verified": self.verified}
+
+
+@dataclass(frozen=True)
+class ReportedEfficiency:
+    """A published efficiency row (the SD-LoRA paper's Table 5 layout)."""
+
+    gflops: float | None  # inference GFLOPs per image
+    learnable_params_m: float | None  # learnable parameters, millions
+    stored_features_m: float | None  # stored features/statistics, millions of values
+    source: str = ""
+    verified: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gflops": self.gflops, "learnable_params_m": self.learnable_params_m,
+                "stored_features_m": self.stored_features_m, "source": self.source, "verified": self.verified}
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,7 @@ class Preset:
     when: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # where the values come from (paper section, repo file)
     reported: Reported | None = None
+    efficiency: ReportedEfficiency | None = None
 
     def matches(self, method: str, benchmark: str, bench_values: dict[str, Any]) -> bool:
         return (self.method == method and self.benchmark == benchmark
@@ -59,6 +77,16 @@ def add_preset(name: str, method: str, benchmark: str, values: dict[str, Any], s
                reported: Reported | None = None, **when: Any) -> Preset:
     """Register a preset from its parts; ``when`` holds benchmark conditions (e.g. ``n_tasks=10``)."""
     return register_preset(Preset(name, method, benchmark, values, when=when, source=source, reported=reported))
+
+
+def cite_efficiency(name: str, method: str, benchmark: str, efficiency: ReportedEfficiency, **when: Any) -> Preset:
+    """Attach published efficiency numbers to the registered preset ``name`` of ``method`` on
+    ``benchmark`` for the setting ``when`` (e.g. ``n_tasks=20``)."""
+    for i, preset in enumerate(PRESETS):
+        if (preset.name, preset.method, preset.benchmark, preset.when) == (name, method, benchmark, when):
+            PRESETS[i] = replace(preset, efficiency=efficiency)
+            return PRESETS[i]
+    raise RegistryError(f"No preset '{name}' for {method} on {benchmark} with {when} to attach efficiency numbers to.")
 
 
 def find_preset(name: str | None, method: str, benchmark: str, bench_values: dict[str, Any]) -> Preset | None:

@@ -228,9 +228,11 @@ def header(run: PlannedRun, stream: Any, data: Any, backbone: Any, engine_info: 
         "comparable": True, "noncomparable_reasons": [],
         "test_counts": {"per_task": per_task, "per_class": per_class},
         "paper": run.preset.reported.to_dict() if run.preset and run.preset.reported else None,
+        "paper_efficiency": run.preset.efficiency.to_dict() if run.preset and run.preset.efficiency else None,
         "environment": {**environment(), "plugins": plugins_used(cfg.method, cfg.benchmark, cfg.backbone.name)},
         "engine": {**engine_info, "world_size": world_size},
         "params": {"backbone": sum(p.numel() for p in backbone.parameters())},
+        "efficiency": None,  # measured at the end of the stream (clbench.efficiency)
         "run_dir": str(run_dir),
     }
 

@@ -142,6 +142,12 @@ class CLMethod(nn.Module):
     trains: ClassVar[bool] = True
     #: The name it is registered under (set by :func:`~clbench.registry.register_method`).
     registered_name: ClassVar[str] = ""
+    #: The method's name as its paper writes it, for report tables (e.g. ``"SD-LoRA"``);
+    #: empty: the registered name. Records and CSV files keep the registered name.
+    display_name: ClassVar[str] = ""
+    #: Buffers of this module that hold copies of weights (e.g. merged adapter factors), not
+    #: stored features or statistics (see :mod:`clbench.efficiency`).
+    weight_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone, info: StreamInfo):
         super().__init__()

@@ -56,6 +56,7 @@ class CodaPrompt(PromptMethod):
     """Attention-weighted composition of per-task component blocks, as per-sample prefixes."""
 
     Config = CodaPromptConfig
+    display_name = "CODA-Prompt"
     defaults = {**PromptMethod.defaults, "train.lr": 0.001, "train.schedule": "coda-cosine"}
 
     def __init__(self, cfg: CodaPromptConfig, backbone, info):

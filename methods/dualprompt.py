@@ -45,6 +45,7 @@ class DualPrompt(PromptMethod):
     """G-prompt (shared) and E-prompt pool (task-specific, key-selected) as prefixes."""
 
     Config = DualPromptConfig
+    display_name = "DualPrompt"
     defaults = {**PromptMethod.defaults, "train.lr": 0.0028125, "train.grad_clip": 1.0}
 
     def __init__(self, cfg: DualPromptConfig, backbone, info):

@@ -14,6 +14,7 @@ from .base import CLMethod, StepOutput
 class Finetune(CLMethod):
     """Full fine-tuning of backbone and head on each task in turn (forgetting lower bound)."""
 
+    display_name = "Full Fine-Tuning"
     defaults = {"train.logit_mask": "seen"}
 
     def __init__(self, cfg, backbone, info):
@@ -37,4 +38,5 @@ class Finetune(CLMethod):
 class Joint(Finetune):
     """Full fine-tuning on the data of all tasks seen so far (the non-continual upper bound)."""
 
+    display_name = "Joint"
     cumulative_data = True

@@ -117,6 +117,7 @@ class HiDePrompt(PromptMethod):
     """Task prompts chosen by a trained task-identity inference, with prototype alignment."""
 
     Config = HiDePromptConfig
+    display_name = "HiDe-Prompt"
     defaults = {**PromptMethod.defaults, "train.lr": 0.0028125, "train.grad_clip": 1.0}
 
     def __init__(self, cfg: HiDePromptConfig, backbone, info):

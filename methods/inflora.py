@@ -170,6 +170,7 @@ class InfLoRA(CLMethod):
     """InfLoRA: designed (interference-free) down-projections on k/v of all blocks, DualGPM."""
 
     Config = InfLoRAConfig
+    display_name = "InfLoRA"
     defaults = {"train.logit_mask": "current", "train.optimizer": "adam", "train.schedule": "cosine"}
 
     def __init__(self, cfg: InfLoRAConfig, backbone, info):
@@ -247,3 +248,4 @@ class InfLoRAB5(InfLoRA):
     """InfLoRA-b5: branches in blocks 0-4 only, GPM memory (the version SD-LoRA's tables quote)."""
 
     Config = InfLoRAB5Config
+    display_name = "InfLoRA-b5"

@@ -43,6 +43,7 @@ class L2P(PromptMethod):
     """Prompt pool with key matching, prompts prepended at the input, prompt-token head."""
 
     Config = L2PConfig
+    display_name = "L2P"
     defaults = {**PromptMethod.defaults, "train.lr": 0.001875, "train.grad_clip": 1.0}
 
     def __init__(self, cfg: L2PConfig, backbone, info):

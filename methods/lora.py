@@ -26,6 +26,7 @@ class LoRA(CLMethod):
     """One LoRA (rank r) on q and v of every block, trained on every task, plus a linear head."""
 
     Config = LoRAConfig
+    display_name = "LoRA"
     defaults = {"train.logit_mask": "current"}
 
     def __init__(self, cfg: LoRAConfig, backbone, info):

@@ -80,6 +80,8 @@ class SDLoRA(CLMethod):
 
     Config = SDLoRAConfig
     defaults = {"train.logit_mask": "current"}
+    display_name = "SD-LoRA"
+    weight_buffers = ("offsets",)  # magnitude offsets (SD-LoRA-KD per projection): weights, not statistics
     distill = False
 
     def __init__(self, cfg: SDLoRAConfig, backbone, info):
@@ -262,6 +264,7 @@ class SDLoRARR(SDLoRA):
     """SD-LoRA-RR: SD-LoRA with smaller ranks for later tasks (10/8/6 from tasks 4 and 8)."""
 
     Config = SDLoRARRConfig
+    display_name = "SD-LoRA-RR"
 
     def __init__(self, cfg: SDLoRARRConfig, backbone, info):
         if not 0 <= cfg.mu <= cfg.nu or min(cfg.rank_mu, cfg.rank_nu) < 1:
@@ -279,4 +282,5 @@ class SDLoRAKD(SDLoRA):
     """SD-LoRA-KD: a new component that old directions fit within τ is absorbed and dropped."""
 
     Config = SDLoRAKDConfig
+    display_name = "SD-LoRA-KD"
     distill = True

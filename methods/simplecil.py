@@ -16,6 +16,7 @@ class SimpleCIL(CLMethod):
     """Prototype classifier (cosine to class means) on the frozen backbone; no training."""
 
     trains = False
+    display_name = "SimpleCIL"
 
     def __init__(self, cfg, backbone, info):
         super().__init__(cfg, backbone, info)

@@ -26,7 +26,7 @@ RANGES = [[0, 2], [2, 4], [4, 6]]
 def make_record(method, seed, correct, *, benchmark="shapes", status="complete", preset="default", paper=None,
                 train=None, method_cfg=None, bench_cfg=None, protocol=None, comparable=True, reasons=(),
                 trainable=1000, train_s=10.0, eval_s=1.0, magnitudes=None, created="2026-01-01T00:00:00+00:00",
-                run_id=None):
+                run_id=None, gflops=0.1, stored=0, paper_efficiency=None):
     """A schema-valid record whose task j has ``correct[t][j]`` correct test predictions after task t."""
     from clbench import metrics
 
@@ -45,7 +45,10 @@ def make_record(method, seed, correct, *, benchmark="shapes", status="complete",
         tasks.append({"index": t, "classes": list(range(lo, hi)), "lo": lo, "hi": hi, "n_train": 32,
                       "correct_per_class": per_class, "train_s": train_s / len(correct), "eval_s": eval_s / len(correct),
                       "epochs": 1, "lr": 0.01, "steps": 2, "trainable_params": trainable, "total_params": 5000,
-                      "train_logs": {"loss": 1.0}, "method_log": log, "state": None})
+                      "train_logs": {"loss": 1.0}, "method_log": log, "state": None,
+                      "efficiency": {"train_s": train_s / len(correct), "train_images": 32,
+                                     "train_img_s": 32 * len(correct) / train_s, "learnable_params": trainable,
+                                     "peak_memory_bytes": 2**30, "peak_memory": "cpu-rss"}})
     matrix, counts = metrics.matrix_from_counts(rows, PER_CLASS, RANGES)
     bench = {"n_tasks": 3, "init_cls": None, "class_order": "seeded", "order_seed": None, "n_classes": 6,
              "train_per_class": 16, "test_per_class": 8, "data_seed": 0, "augment": True, **(bench_cfg or {})}
@@ -66,7 +69,12 @@ def make_record(method, seed, correct, *, benchmark="shapes", status="complete",
                      "input_norm": "none", "logit_mask": "seen", "evaluation": "after each task", **(protocol or {})},
         "comparable": comparable, "noncomparable_reasons": list(reasons),
         "test_counts": {"per_task": counts, "per_class": PER_CLASS},
-        "paper": paper,
+        "paper": paper, "paper_efficiency": paper_efficiency,
+        "efficiency": {"input_size": [3, 32, 32], "inference_flops": int(gflops * 1e9), "inference_gflops": gflops,
+                       "learnable_params": trainable, "learnable_params_max": trainable, "added_params": trainable,
+                       "stored_values": stored, "stored_bytes": 4 * stored, "stored_entries": {"means": stored} if stored else {},
+                       "train_s_per_task": train_s / len(correct), "train_img_s": 32 * len(correct) / train_s,
+                       "peak_memory_bytes": 2**30, "peak_memory": "cpu-rss"},
         "environment": {"versions": {"python": "3", "torch": "2", "timm": "1", "numpy": "2"},
                         "git": {"commit": None, "dirty": None}, "hostname": "h", "platform": "p"},
         "engine": {"device": "cpu", "autocast": "fp32"}, "params": {"backbone": 4000},
@@ -118,12 +126,13 @@ def test_every_number_in_the_tables(results, tmp_path):
     (col,) = table.columns
     assert col.label == "N=3"
     rows = {r.label: r for r in table.rows}
-    assert list(rows) == ["finetune", "lora", "lora, reported (SD-LoRA (ICLR 2025) Table 2)"]
+    assert list(rows) == ["Full Fine-Tuning", "LoRA", "LoRA, reported (SD-LoRA (ICLR 2025) Table 2)"]  # papers' names
     md = (tmp_path / "out" / "tables.md").read_text()
     tex = (tmp_path / "out" / "tables.tex").read_text()
     with open(tmp_path / "out" / "summary.csv") as fh:
         csv_rows = {r["label"]: r for r in csv.DictReader(fh)}
-    for label, data in (("lora", LORA), ("finetune", FT)):
+    assert {r["method"] for r in csv_rows.values()} == {"lora", "finetune"}  # registry names stay in CSV
+    for label, data in (("LoRA", LORA), ("Full Fine-Tuning", FT)):
         exp = expected(data)
         assert rows[label].n[col.key] == 3
         assert csv_rows[label]["n"] == "3" and csv_rows[label]["seeds"] == "1993,1994,1995"
@@ -137,10 +146,10 @@ def test_every_number_in_the_tables(results, tmp_path):
     # the markdown row of lora, cell by cell (best of ours in bold: lora wins Acc/AAA/forgetting)
     lora = expected(LORA)
     cells = [f"**{fmt(*lora[m])}**" for m in ("acc", "aaa", "forgetting")]
-    assert f"| lora | {' | '.join(cells)} | 3 |" in md
+    assert f"| LoRA | {' | '.join(cells)} | 3 |" in md
     # the paper's numbers sit in a labelled row right under ours
-    assert "| *lora, reported (SD-LoRA (ICLR 2025) Table 2)* | 79.15 (0.20) | 83.01 (0.42) | – | paper |" in md
-    assert float(csv_rows["lora"]["paper_acc"]) == 79.15 and csv_rows["lora"]["paper_source"].startswith("SD-LoRA")
+    assert "| *LoRA, reported (SD-LoRA (ICLR 2025) Table 2)* | 79.15 (0.20) | 83.01 (0.42) | – | paper |" in md
+    assert float(csv_rows["LoRA"]["paper_acc"]) == 79.15 and csv_rows["LoRA"]["paper_source"].startswith("SD-LoRA")
     assert r"\textit{79.15 (0.20)}" in tex and r"\multicolumn{4}{c}{N=3}" in tex
 
 
@@ -150,7 +159,7 @@ def test_single_seed_has_no_standard_error(tmp_path):
     row = table.rows[0]
     mean, se = table.value(row, table.columns[0].key, "acc")
     assert mean == pytest.approx(84.0) and math.isnan(se)
-    assert "| lora | 84.00 | " in to_markdown(table)
+    assert "| LoRA | 84.00 | " in to_markdown(table)
 
 
 def test_incompatible_runs_are_kept_apart(tmp_path):
@@ -168,19 +177,22 @@ def test_incompatible_runs_are_kept_apart(tmp_path):
     ]
     rep = gather([write_records(tmp_path / "r", recs)])
     summary = rep.summary
-    # 7 settings: the reference (seeds 1993, 1994 and the lr=0.5 variant) and one per difference
-    assert summary["setting_key"].nunique() == 7
+    # 6 settings: the reference (seeds 1993, 1994, the lr=0.5 variant and the non-comparable run) and one per
+    # difference of the data or backbone; a non-comparable run is a variant of its setting, never averaged in
+    assert summary["setting_key"].nunique() == 6
     ref = summary[summary["seeds"] == "1993,1994"].iloc[0]
-    assert ref["n"] == 2 and ref["label"] == "lora [train.lr=0.01]"
-    assert summary[summary["seeds"] == "2001"].iloc[0]["label"] == "lora [train.lr=0.5]"
+    assert ref["n"] == 2 and ref["label"] == "LoRA [train.lr=0.01]"
+    assert summary[summary["seeds"] == "2001"].iloc[0]["label"] == "LoRA [train.lr=0.5]"
     assert (summary["n"] == 1).sum() == 7
     labels = sorted(c.label for c in rep.tables[0].columns)
     assert "N=3 · order_rule=natural" in labels and "N=3 · order_rule=seeded(order_seed=5)" in labels
     assert "N=3 · split_id=shapes-v1:other" in labels and "N=3 · label_map_id=other-map" in labels
     assert "N=3 · backbone=vit_other, weights_sha256=bbbbbbbb" in labels
-    assert any(label.endswith("non-comparable") for label in labels)
+    odd = summary[summary["seeds"] == "1999"].iloc[0]
+    assert odd["setting_key"] == ref["setting_key"] and odd["label"] == "LoRA [train.lr=0.01] (not comparable)"
     notes = "\n".join(rep.notes)
-    assert "NOT comparable: batch-vote prompt selection" in notes and "order seeded(order_seed=5)" in notes
+    assert "NOT comparable with preset default: batch-vote prompt selection" in notes
+    assert "order seeded(order_seed=5)" in notes
     # seeds realise different class orders by design: they still average together
     assert ref["seeds"] == "1993,1994"
 
@@ -227,7 +239,9 @@ def test_metrics_come_from_the_matrix_not_the_stored_metrics(tmp_path):
 def test_variant_labels_and_paper_from_preset_registry(tmp_path):
     from clbench.presets import PRESETS, Preset, Reported
 
-    preset = Preset("test-paper", "lora", "shapes", {}, when={"n_tasks": 3},
+    tiny = {"benchmark.n_classes": 6, "benchmark.train_per_class": 16, "benchmark.test_per_class": 8,
+            "train.epochs": 1, "train.logit_mask": "seen"}  # what the records ran: comparable with the preset
+    preset = Preset("test-paper", "lora", "shapes", tiny, when={"n_tasks": 3},
                     reported=Reported(70.0, 75.0, 1.0, 2.0, "A paper, Table 9"))
     PRESETS.append(preset)
     try:
@@ -237,8 +251,8 @@ def test_variant_labels_and_paper_from_preset_registry(tmp_path):
     finally:
         PRESETS.remove(preset)
     labels = [r.label for r in rep.tables[0].rows]
-    assert labels == ["lora [method.rank=4, preset=default]", "lora [method.rank=None, preset=test-paper]",
-                      "lora [method.rank=None, preset=test-paper], reported (A paper, Table 9)"]
+    assert labels == ["LoRA [method.rank=4, preset=default]", "LoRA [method.rank=None, preset=test-paper]",
+                      "LoRA [method.rank=None, preset=test-paper], reported (A paper, Table 9)"]
     assert "| 70.00 (1.00) | 75.00 (2.00) |" in to_markdown(rep.tables[0])
 
 
@@ -253,7 +267,7 @@ def test_cli_report_writes_everything(results, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "clbench.cli", "report", str(results), "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "lora" in proc.stdout and "N=3" in proc.stdout and "79.15 (0.20)" in proc.stdout
+    assert "LoRA" in proc.stdout and "N=3" in proc.stdout and "79.15 (0.20)" in proc.stdout
     names = {p.name for p in out.rglob("*") if p.is_file()}
     assert {"tables.md", "tables.tex", "summary.csv", "runs.csv", "index.html"} <= names
     for kind in ("accuracy_curves", "accuracy_matrices", "forgetting_bars", "cost_bars"):

@@ -93,6 +93,8 @@ class InputCovariance:
 class QKVLowRank(Injection):
     """Low-rank branches on ``targets`` (e.g. ``"qv"``) of the given blocks' fused qkv."""
 
+    weight_buffers = ("merged_A", "merged_B")  # merged factors, kept to redo merges: weights, not statistics
+
     def __init__(self, backbone: Backbone, blocks: Sequence[int] | None = None, targets: str = "qv"):
         super().__init__(backbone)
         if not targets or any(t not in QKV_INDEX for t in targets):

@@ -24,6 +24,7 @@ import torch
 
 from ..config import RunConfig, apply_values, check_options
 from ..data.stream import ClassIncrementalStream, Task
+from ..efficiency import peak_memory, reset_peak_memory, task_efficiency, trained_parameters
 from ..errors import ConfigError
 from .checkpoint import Checkpointer, ResumePoint
 from .context import EngineTaskContext
@@ -116,6 +117,7 @@ class Trainer:
         # stays on the global generator, the same on every rank
         self.loaders = Loaders(self.dist, self.device, cfg.engine.num_workers, cfg.seed * 1000 + self.dist.rank)
         self.loop = Loop(self.dist, self.progress, self.stop, self.autocast, self.checkpoint.every)
+        self.trained: dict[int, torch.Tensor] = {}  # parameters optimised in the current task (by identity)
 
     # ------------------------------------------------------------------ services
     def autocast(self):
@@ -188,6 +190,8 @@ class Trainer:
         """One task; ``step`` is a checkpoint within it to continue from."""
         ctx = self.context(task)
         self.progress.task_started(task.index)
+        self.trained = {}
+        reset_peak_memory(self.device)
         start = time.perf_counter()
         method = self.method
         method.train()
@@ -210,6 +214,7 @@ class Trainer:
         self.run_phases("post", method.post_task_phases(ctx), ctx, progress, started, resume)
         self._check_ranks_agree(task)
         train_s = time.perf_counter() - started
+        peak = peak_memory(self.device)
         eval_start = time.perf_counter()
         correct = self.evaluate(task)
         eval_s = time.perf_counter() - eval_start
@@ -219,6 +224,8 @@ class Trainer:
                 lr=task_hparams(self.train_cfg, task.index)[1], steps=progress["steps"],
                 trainable_params=progress["trainable"],
                 total_params=sum(p.numel() for p in method.parameters()), train_logs=progress["logs"],
+                efficiency=task_efficiency(train_s, progress.get("images", 0),
+                                           sum(p.numel() for p in self.trained.values()), peak),
             ))
         if self.checkpoint.enabled:
             self.checkpoint.save_boundary(method.state_dict(), task.index + 1, self.rng_states())
@@ -234,6 +241,7 @@ class Trainer:
         progress.update(trainable=sum(p.numel() for g in groups for p in g["params"]), epochs=epochs if groups else 0)
         if not groups or epochs <= 0:
             return LoopResult({}, 0)
+        self.note_trained(groups)
         cfg, world = self.train_cfg, self.dist.world_size
         if cfg.batch_size % world:
             raise ConfigError(f"train.batch_size ({cfg.batch_size}) is the global batch; it must be divisible by "
@@ -241,6 +249,8 @@ class Trainer:
         data = self.stream.train_data(ctx.index, cumulative=self.method.cumulative_data, augment=True)
         seed = (self.cfg.seed * 1000 + ctx.index) * 1000  # epoch e's order: randperm seeded seed + e
         loader = self.loaders.training(data, cfg.batch_size // world, seed, cfg.drop_last)
+        per_epoch = len(data) - (len(data) % cfg.batch_size if cfg.drop_last else 0)
+        progress["images"] = per_epoch * epochs  # images of the main training (efficiency record)
         model = self.dist.wrap(self.method)
         spec = self.main_spec(ctx, model, groups, epochs, lr, milestones,
                               lambda e, skip: self.loaders.epoch(loader, e, skip), loader.batch_sampler.per_epoch)
@@ -269,6 +279,17 @@ class Trainer:
         return LoopSpec("train", ctx.index, groups, epochs, self.train_cfg, lr, milestones, epoch_batches, loss,
                         average_gradients=False, description=f"task {ctx.index + 1}/{ctx.n_tasks} train",
                         divergence_hint=MAIN_HINT, per_epoch=per_epoch)
+
+    def note_trained(self, groups: list[dict[str, Any]]) -> None:
+        """Remember what a loop of the current task optimises (learnable parameters)."""
+        for p in trained_parameters(groups):
+            self.trained.setdefault(id(p), p)
+
+    def test_image(self, task: Task) -> torch.Tensor:
+        """One test image of ``task`` as evaluation feeds it (on the device, float), for
+        counting the evaluation forward's FLOPs."""
+        x, y = self.stream.test_data(task.index).__getitems__([0])
+        return self.loaders.to_device(x, y)[0]
 
     def hooks(self, ctx: EngineTaskContext) -> StepHooks:
         """The method's per-step hooks, bound to ``ctx``."""
@@ -299,6 +320,8 @@ class Trainer:
                 next(batches, None)
             return batches
 
+        if phase.epochs > 0:
+            self.note_trained(phase.groups)
         spec = LoopSpec(phase.name, ctx.index, phase.groups, phase.epochs, cfg, cfg.lr, cfg.milestones, epoch_batches,
                         lambda batch: {"loss": phase.loss(*batch)}, average_gradients=True,
                         description=f"task {ctx.index + 1}: {phase.name}", divergence_hint=PHASE_HINT)

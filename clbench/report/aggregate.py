@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .collect import COST, METRICS, SETTING_FIELDS, Collection
+from .collect import COMPARABILITY, COST, EFFICIENCY, METRICS, PAPER_EFFICIENCY, SETTING_FIELDS, Collection
 
 SHOWN = ("acc", "aaa", "forgetting")  # the columns of a paper table, per setting
 TITLES = {"acc": "Acc", "aaa": "AAA", "forgetting": "Forg.", "n": "n"}
@@ -56,25 +56,46 @@ def _differing(items: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(item.get(k), sort_keys=True, default=str) for item in items}) > 1]
 
 
+def display_name(method: str) -> str:
+    """The method's name as its paper writes it (``display_name`` of the registered class;
+    the registered name for methods that set none or are not installed)."""
+    from ..errors import RegistryError
+    from ..registry import METHODS
+
+    try:
+        cls = METHODS.get(method)
+    except RegistryError:
+        return method
+    return getattr(cls, "__dict__", {}).get("display_name") or method
+
+
+NOT_COMPARABLE = "not comparable"  # label mark of a group that may not stand beside published numbers
+
+
 def _variant_labels(summary: pd.DataFrame, variants: dict[str, dict[str, Any]]) -> list[str]:
-    """Method name, plus the config values that tell its variants in one setting apart."""
-    labels = summary["method"].astype(str).tolist()
+    """The method's paper name, plus the config values that tell its variants in one setting
+    apart, marked when the group is not comparable with its preset's published numbers."""
+    names = {m: display_name(m) for m in summary["method"].unique()}
+    labels = [names[m] for m in summary["method"]]
     for _, group in summary.groupby(["setting_key", "method"], sort=False):
         if len(group) < 2:
             continue
         configs = [variants.get(k, {}) for k in group["variant_key"]]
-        keys = _differing(configs) or ["variant"]
+        keys = [k for k in _differing(configs) if k not in COMPARABILITY] or ["variant"]
         for idx, cfg in zip(group.index, configs):
             shown = [f"{k}={_short(k, cfg.get(k))}" for k in keys[:3]] + (["…"] if len(keys) > 3 else [])
-            labels[summary.index.get_loc(idx)] = f"{group.loc[idx, 'method']} [{', '.join(shown)}]"
-    return labels
+            if keys == ["variant"] and not group.loc[idx, "comparable"]:
+                shown = []  # told apart by the mark alone
+            labels[summary.index.get_loc(idx)] += f" [{', '.join(shown)}]" if shown else ""
+    return [f"{label} ({NOT_COMPARABLE})" if not comparable else label
+            for label, comparable in zip(labels, summary["comparable"])]
 
 
 def _setting_labels(summary: pd.DataFrame) -> list[str]:
     """``N=<tasks>``; settings of one benchmark with the same N also name how they differ from
     the one with the most runs (the reference, labelled ``N=<tasks>`` alone)."""
     labels = {}
-    fields = [f for f in SETTING_FIELDS if f not in ("benchmark", "n_tasks", "comparable", "noncomparable_reasons")]
+    fields = [f for f in SETTING_FIELDS if f not in ("benchmark", "n_tasks")]
     runs = summary.groupby("setting_key", sort=False)["n"].sum()
     settings = summary.drop_duplicates("setting_key")
     for _, group in settings.groupby(["benchmark", "n_tasks"], sort=False):
@@ -84,8 +105,6 @@ def _setting_labels(summary: pd.DataFrame) -> list[str]:
             keys = [f for f in fields if row[f] != ref[f]]
             if keys:
                 text += " · " + ", ".join(f"{k}={_short(k, row[k])}" for k in keys)
-            if not row["comparable"]:
-                text += " · non-comparable"
             labels[row["setting_key"]] = text
     seen: dict[tuple[str, str], int] = {}
     for _, row in settings.iterrows():  # a label must name one setting
@@ -104,19 +123,30 @@ def summarize(coll: Collection) -> pd.DataFrame:
     rows = []
     for (_, _, _), g in runs.groupby(["setting_key", "method", "variant_key"], sort=False):
         first = g.iloc[0]
-        row: dict[str, Any] = {f: first[f] for f in SETTING_FIELDS}
+        row: dict[str, Any] = {f: first[f] for f in SETTING_FIELDS + COMPARABILITY}
         row.update(setting_key=first["setting_key"], method=first["method"], variant_key=first["variant_key"],
                    preset=first["preset"], n=len(g), seeds=",".join(str(s) for s in sorted(g["seed"])),
                    runs=";".join(g["path"]))
-        for metric in METRICS + COST:
+        for metric in METRICS + COST + EFFICIENCY:
             row[f"{metric}_mean"], row[f"{metric}_se"], _ = mean_se(g[metric])
-        for key in ("acc", "acc_se", "aaa", "aaa_se", "source"):
-            row[f"paper_{key}"] = first[f"paper_{key}"]
+        row.update(_paper_columns(first))
         rows.append(row)
     summary = pd.DataFrame(rows)
     summary.insert(0, "label", _variant_labels(summary, coll.variants))
     summary.insert(0, "setting", _setting_labels(summary))
     return summary.sort_values(["benchmark", "n_tasks", "setting", "label"]).reset_index(drop=True)
+
+
+def _paper_columns(first: pd.Series) -> dict[str, Any]:
+    """The published numbers of a group: only for a group comparable with them (others get
+    none, and ``paper_hidden`` says that numbers exist); ``paper_verified`` False where the
+    preset labels them unverified."""
+    keys = [f"paper_{k}" for k in ("acc", "acc_se", "aaa", "aaa_se", "source", "verified", *PAPER_EFFICIENCY,
+                                   "efficiency_source", "efficiency_verified")]
+    published = any(not pd.isna(first[k]) for k in ("paper_acc", *(f"paper_{k}" for k in PAPER_EFFICIENCY)))
+    if first["comparable"]:
+        return {**{k: first[k] for k in keys}, "paper_hidden": False}
+    return {**{k: None for k in keys}, "paper_hidden": bool(published)}
 
 
 # ----------------------------------------------------------------------------- paper layout
@@ -176,6 +206,9 @@ def _nan(value: Any) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
 
 
+UNVERIFIED = "unverified: the preset could not check these numbers against the source"
+
+
 def paper_tables(summary: pd.DataFrame) -> list[PaperTable]:
     """The summary as one :class:`PaperTable` per benchmark."""
     tables = []
@@ -188,7 +221,7 @@ def paper_tables(summary: pd.DataFrame) -> list[PaperTable]:
         for label, group in sub.groupby("label", sort=True):
             ours = Row(label, group["method"].iloc[0], "ours")
             paper = Row(f"{label}, reported", ours.method, "paper")
-            sources = []
+            sources, unverified = [], False
             for _, r in group.iterrows():
                 ours.cells[r["setting_key"]] = {m: (r[f"{m}_mean"], r[f"{m}_se"]) for m in SHOWN}
                 ours.n[r["setting_key"]] = int(r["n"])
@@ -198,11 +231,14 @@ def paper_tables(summary: pd.DataFrame) -> list[PaperTable]:
                                                      "aaa": (_nan(r["paper_aaa"]), _nan(r["paper_aaa_se"]))}
                     if r["paper_source"] and r["paper_source"] not in sources:
                         sources.append(r["paper_source"])
+                    unverified = unverified or r["paper_verified"] is False
             rows.append(ours)
             if paper.cells:
                 paper.source = "; ".join(sources)
                 if paper.source:
                     paper.label = f"{label}, reported ({paper.source})"
+                if unverified:
+                    paper.label += f" [{UNVERIFIED}]"
                 rows.append(paper)
         tables.append(PaperTable(str(benchmark), columns, rows))
     return tables
@@ -216,7 +252,17 @@ def setting_notes(summary: pd.DataFrame) -> list[str]:
                 f"split {r['split_id']}; labels {r['label_map_id']}; order {r['order_rule']}; "
                 f"backbone {r['backbone']} (weights sha256 {_short('weights_sha256', r['weights_sha256'])}); "
                 f"input {r['input_norm']}")
-        if not r["comparable"]:
-            text += f"; NOT comparable: {_short('noncomparable_reasons', r['noncomparable_reasons'])}"
         notes.append(text)
+    return notes + comparability_notes(summary)
+
+
+def comparability_notes(summary: pd.DataFrame) -> list[str]:
+    """One line per group that is not comparable with its preset's published numbers: why,
+    and whether the report left published numbers out for it."""
+    notes = []
+    for _, r in summary[~summary["comparable"].astype(bool)].iterrows():
+        hidden = "; its published numbers are not shown" if r.get("paper_hidden") else ""
+        notes.append(f"{r['benchmark']} {r['setting']}, {r['label']} (seeds {r['seeds']}): NOT comparable"
+                     f"{' with preset ' + str(r['preset']) if r['preset'] else ''}{hidden}: "
+                     f"{_short('noncomparable_reasons', r['noncomparable_reasons'])}")
     return notes

@@ -13,6 +13,9 @@ from ..housekeeping import unfinished_runs
 from ..records import atomic_write_text, ensure_writable
 from .aggregate import PaperTable, paper_tables, setting_notes, summarize
 from .collect import Collection, collect, find_records
+from .efficiency import EfficiencyTable, efficiency_tables
+from .efficiency import to_markdown as efficiency_markdown
+from .efficiency import write_csv as write_efficiency_csv
 from .significance import add_intervals, add_significance, add_stability_plasticity
 from .tables import stability_markdown, to_latex, to_markdown, write_csv
 
@@ -27,6 +30,7 @@ class Report:
     notes: list[str]
     figures: list = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    efficiency: list[EfficiencyTable] = field(default_factory=list)
 
 
 def gather(paths: list[Path]) -> Report:
@@ -44,7 +48,7 @@ def gather(paths: list[Path]) -> Report:
             f"(e.g. 'clbench report results')."
         )
     summary = add_stability_plasticity(add_significance(add_intervals(summarize(coll), coll), coll), coll)
-    return Report(coll, summary, paper_tables(summary), setting_notes(summary))
+    return Report(coll, summary, paper_tables(summary), setting_notes(summary), efficiency=efficiency_tables(summary))
 
 
 def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, source: str = "") -> Report:
@@ -54,6 +58,7 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
     md = ["# clbench report", ""]
     md += [to_markdown(t) for t in report.tables]
     md += [stability_markdown(report.summary)]
+    md += [efficiency_markdown(t) for t in report.efficiency]
     md += ["Settings:", ""] + [f"- {n}" for n in report.notes]
     if coll.skipped:
         md += ["", coll.skipped_summary(), ""] + [f"- `{s.path}`: {s.reason}" for s in coll.skipped]
@@ -61,6 +66,8 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
     atomic_write_text(files[0], "\n".join(md) + "\n")
     atomic_write_text(files[1], "% clbench report; needs \\usepackage{booktabs}\n" + "\n".join(to_latex(t) for t in report.tables))
     files += write_csv(report.summary, coll.runs, out_dir)
+    if report.efficiency:
+        files.append(write_efficiency_csv(report.efficiency, out_dir))
     if plots or html:
         from .plots import all_figures
 
@@ -70,7 +77,8 @@ def write(report: Report, out_dir: Path, plots: bool = True, html: bool = True, 
         from .html import render
 
         page = render(report.tables, report.notes, report.figures, source=source or "the given records",
-                      n_runs=len(coll.runs), skipped=coll.skipped, skipped_summary=coll.skipped_summary())
+                      n_runs=len(coll.runs), skipped=coll.skipped, skipped_summary=coll.skipped_summary(),
+                      efficiency=report.efficiency)
         files.append(out_dir / "index.html")
         atomic_write_text(files[-1], page)
     report.files = files

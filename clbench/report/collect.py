@@ -4,11 +4,13 @@ Two keys decide grouping:
 
 * the **setting** (:func:`setting_of`): benchmark, task ranges, split id, label-map id, the
   class-order *rule* (``benchmark.class_order`` and ``order_seed``; the realised order
-  differs per seed by design), backbone tag and weights SHA-256, input scaling, and the
-  ``comparable`` flag with its reasons. Runs of different settings are never averaged;
+  differs per seed by design), backbone tag and weights SHA-256 and input scaling. Runs of
+  different settings are never averaged;
 * the **variant** (:func:`variant_of`): everything else in the resolved config that can
   change results (train and method sections, remaining benchmark and backbone options,
-  preset, autocast precision). Seeds of one method are averaged only within one variant.
+  preset, autocast precision) and whether the run is comparable with its preset's published
+  numbers, with the reasons (:func:`noncomparable_reasons`). Seeds of one method are averaged
+  only within one variant.
 
 Only ``status == "complete"`` records enter; every other file found is listed in
 :attr:`Collection.skipped` with the reason. Metrics are recomputed with
@@ -32,8 +34,12 @@ from ..schema import schema_problem
 METRICS = ("acc", "aaa", "acc_task_avg", "aaa_task_avg", "forgetting", "forgetting_clipped",
            "forgetting_coda", "bwt", "learning_acc")
 COST = ("trainable_params", "time_s", "train_s", "eval_s")
+# Measured efficiency (record 'efficiency'; clbench.efficiency) and the published figures.
+EFFICIENCY = ("gflops", "learnable_m", "stored_m", "stored_mb", "train_s_task", "train_img_s", "peak_mb")
+PAPER_EFFICIENCY = ("gflops", "learnable_m", "stored_m")
 SETTING_FIELDS = ("benchmark", "n_tasks", "task_ranges", "split_id", "label_map_id", "order_rule", "backbone",
-                  "weights_sha256", "input_norm", "comparable", "noncomparable_reasons")
+                  "weights_sha256", "input_norm")
+COMPARABILITY = ("comparable", "noncomparable_reasons")
 # Config keys that never change results, or are covered by the setting key.
 _SETTING_BENCHMARK_KEYS = {"n_tasks", "init_cls", "class_order", "order_seed"}
 _SETTING_BACKBONE_KEYS = {"name", "weights", "weights_sha256", "input_norm"}
@@ -96,21 +102,64 @@ def setting_of(record: dict[str, Any]) -> dict[str, Any]:
         "backbone": proto["backbone"],
         "weights_sha256": (proto.get("weights") or {}).get("sha256"),
         "input_norm": proto["input_norm"],
-        "comparable": bool(record["comparable"]),
-        "noncomparable_reasons": sorted(record.get("noncomparable_reasons") or []),
     }
+
+
+def _preset_of(record: dict[str, Any]) -> Any:
+    """The registered preset the record names, for its method and setting (or None)."""
+    if not record.get("preset"):
+        return None
+    from ..presets import PRESETS
+    from ..registry import load_plugins
+
+    load_plugins()
+    return next((p for p in PRESETS if p.name == record["preset"] and p.matches(
+        record["method"], record["benchmark"], record["config"]["benchmark"])), None)
+
+
+def noncomparable_reasons(record: dict[str, Any]) -> list[str]:
+    """Why the run may not stand beside its preset's published numbers: the record's reasons,
+    plus every departure from the preset found again in its configuration now (so records
+    written before departures were recorded cannot claim a comparability they lack)."""
+    from ..comparability import departures
+    from ..errors import ClbenchError
+    from ..resolve import config_from_record
+
+    reasons = list(record.get("noncomparable_reasons") or [])
+    try:
+        found = departures(config_from_record(record), _preset_of(record))
+    except (ClbenchError, KeyError, TypeError, ValueError):  # a record of another version: its own word
+        found = []
+    return sorted(set(reasons) | set(found))
+
+
+def efficiency_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The measured efficiency columns of a run (None where the record has none)."""
+    eff = record.get("efficiency") or {}
+
+    def scaled(key: str, factor: float) -> float | None:
+        value = eff.get(key)
+        return None if value is None else value / factor
+
+    return {"gflops": eff.get("inference_gflops"), "learnable_m": scaled("learnable_params", 1e6),
+            "stored_m": scaled("stored_values", 1e6), "stored_mb": scaled("stored_bytes", 2**20),
+            "train_s_task": eff.get("train_s_per_task"), "train_img_s": eff.get("train_img_s"),
+            "peak_mb": scaled("peak_memory_bytes", 2**20), "peak_memory": eff.get("peak_memory")}
 
 
 def _pathlike(key: str) -> bool:
     return key.endswith(_PATH_SUFFIXES)
 
 
-def variant_of(record: dict[str, Any]) -> dict[str, Any]:
+def variant_of(record: dict[str, Any], reasons: list[str] | None = None) -> dict[str, Any]:
     """Flattened config (``section.key`` → value) of everything besides the setting that can
-    change a result; runs of one method are averaged only when this agrees."""
+    change a result, and the run's comparability; runs of one method are averaged only when
+    this agrees. ``reasons``: :func:`noncomparable_reasons` of the record, if known."""
     cfg = record["config"]
+    reasons = noncomparable_reasons(record) if reasons is None else reasons
     out: dict[str, Any] = {"preset": record.get("preset"),
-                           "engine.precision": (record.get("engine") or {}).get("autocast")}
+                           "engine.precision": (record.get("engine") or {}).get("autocast"),
+                           "comparable": not reasons, "noncomparable_reasons": reasons}
     for key, value in cfg["train"].items():
         if key not in _NEUTRAL_TRAIN_KEYS:
             out[f"train.{key}"] = value
@@ -127,25 +176,27 @@ def variant_of(record: dict[str, Any]) -> dict[str, Any]:
 
 def paper_numbers(record: dict[str, Any]) -> dict[str, Any] | None:
     """The published numbers for the run's preset and setting (from the record, else the
-    preset registry), or None."""
-    if record.get("paper"):
-        return record["paper"]
-    if not record.get("preset"):
-        return None
-    from ..presets import PRESETS
-    from ..registry import load_plugins
+    preset registry), or None. ``verified`` says whether the preset could check them
+    (records written before the flag: the preset's word, else True)."""
+    preset = _preset_of(record)
+    paper = record.get("paper") or (preset.reported.to_dict() if preset and preset.reported else None)
+    if paper is not None and "verified" not in paper:
+        paper = {**paper, "verified": preset.reported.verified if preset and preset.reported else True}
+    return paper
 
-    load_plugins()
-    for preset in PRESETS:
-        if preset.name == record["preset"] and preset.matches(record["method"], record["benchmark"],
-                                                              record["config"]["benchmark"]):
-            return preset.reported.to_dict() if preset.reported else None
-    return None
+
+def paper_efficiency(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The published efficiency figures for the run's preset and setting, or None."""
+    if record.get("paper_efficiency"):
+        return record["paper_efficiency"]
+    preset = _preset_of(record)
+    return preset.efficiency.to_dict() if preset and preset.efficiency else None
 
 
 def run_row(record: dict[str, Any], path: str) -> dict[str, Any]:
     """One run as a flat row: identity, setting fields and keys, metrics, cost, paper."""
-    setting, variant = setting_of(record), variant_of(record)
+    reasons = noncomparable_reasons(record)
+    setting, variant = setting_of(record), variant_of(record, reasons)
     matrix = record["accuracy_matrix"]
     counts = record["test_counts"]["per_task"][: len(matrix)]
     values = metrics.summarize(matrix, counts)
@@ -162,8 +213,14 @@ def run_row(record: dict[str, Any], path: str) -> dict[str, Any]:
         "train_s": float(record["timing"]["train_s"]), "eval_s": float(record["timing"]["eval_s"]),
     }
     row["time_s"] = row["train_s"] + row["eval_s"]
-    for key in ("acc", "acc_se", "aaa", "aaa_se", "source"):
+    row.update(comparable=not reasons, noncomparable_reasons=json.dumps(reasons), **efficiency_of(record))
+    for key in ("acc", "acc_se", "aaa", "aaa_se", "source", "verified"):
         row[f"paper_{key}"] = paper.get(key)
+    eff = paper_efficiency(record) or {}
+    for key, field_ in zip(PAPER_EFFICIENCY, ("gflops", "learnable_params_m", "stored_features_m")):
+        row[f"paper_{key}"] = eff.get(field_)
+    row["paper_efficiency_source"] = eff.get("source")
+    row["paper_efficiency_verified"] = eff.get("verified")
     return row
 
 
@@ -212,7 +269,7 @@ def collect(paths: list[Path] | Path) -> Collection:
             continue
         rows.append(row)
         records[row["path"]] = record
-        variants[row["variant_key"]] = variant_of(record)
+        variants[row["variant_key"]] = variant_of(record, json.loads(row["noncomparable_reasons"]))
     runs = pd.DataFrame(rows)
     if not runs.empty:
         runs = runs.sort_values(["created", "path"], ascending=False)

@@ -49,6 +49,8 @@ Every number is recomputed from the stored accuracy matrices.</p>
 </ul></details>{% endif %}
 <h2 id="tables">Tables</h2>
 {% for table in tables %}{{ table | safe }}{% endfor %}
+{% if efficiency %}<h2 id="efficiency">Efficiency</h2>
+{% for table in efficiency %}{{ table | safe }}{% endfor %}{% endif %}
 <ul class="notes">{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>
 <h2 id="figures">Figures</h2>
 {% for fig in figures %}<figure data-kind="{{ fig.kind }}"><img src="data:image/png;base64,{{ fig.data }}" alt="{{ fig.title }}">
@@ -60,8 +62,11 @@ Every number is recomputed from the stored accuracy matrices.</p>
 
 
 def render(tables: list[PaperTable], notes: list[str], figures: list[Figure], *, source: str, n_runs: int,
-           skipped: list, skipped_summary: str, title: str = "clbench report") -> str:
-    """The page as a string (figures read from their PNG files and embedded)."""
+           skipped: list, skipped_summary: str, title: str = "clbench report", efficiency: list | None = None) -> str:
+    """The page as a string (figures read from their PNG files and embedded); ``efficiency``:
+    the :class:`~clbench.report.efficiency.EfficiencyTable` objects, beside the accuracy tables."""
+    from .efficiency import to_html as efficiency_html
+
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     figs = [{"kind": f.kind, "title": f.title, "caption": f.caption,
              "data": base64.b64encode(Path(f.png).read_bytes()).decode("ascii")} for f in figures]
@@ -69,4 +74,5 @@ def render(tables: list[PaperTable], notes: list[str], figures: list[Figure], *,
         title=title, generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), source=source, n_runs=n_runs,
         n_settings=sum(len(t.columns) for t in tables), skipped=skipped, skipped_summary=skipped_summary,
         tables=[to_html(t) for t in tables], notes=notes, figures=figs,
+        efficiency=[efficiency_html(t) for t in efficiency or []],
     )
