@@ -8,7 +8,8 @@ record's ``noncomparable_reasons`` beside the reasons the method itself gives (e
 majority vote) and is printed as a warning when the run starts.
 
 Result-relevant: every ``train.*`` value but the evaluation batch size, every ``method.*``
-value, every ``backbone.*`` value but the hash pin, and every ``benchmark.*`` value but where
+value, every ``backbone.*`` value but the hash pin and the input size it is built for (the
+benchmark's, compared there), and every ``benchmark.*`` value but where
 the data lie (roots, folders, the decoded cache). Engine values are not: they decide where
 and how fast a run goes; the autocast precision is recorded and kept apart by the report.
 A run without a preset, or whose preset reports nothing, has no published numbers to
@@ -23,7 +24,8 @@ from .config import RunConfig, to_plain
 from .presets import Preset
 
 SECTIONS = ("backbone", "benchmark", "train", "method")
-NEUTRAL = {"train": {"eval_batch_size"}, "backbone": {"weights_sha256"},
+# backbone.img_size is derived: resolution makes it equal the benchmark's input size, itself compared
+NEUTRAL = {"train": {"eval_batch_size"}, "backbone": {"weights_sha256", "img_size"},
            "benchmark": {"data_root", "path", "cache", "cache_dir", "split_dir"}}
 _PATH_SUFFIXES = ("root", "_dir", "_path", "_file")
 

@@ -8,6 +8,7 @@ import statistics
 import pytest
 from rich.console import Console
 
+from clbench.report.aggregate import display_name
 from clbench.report.build import gather, write
 from clbench.report.stats import paired_t_test, welch_t_test
 from clbench.report.tables import to_markdown, to_rich
@@ -24,8 +25,11 @@ def acc(rows):
 
 
 def _summary_rows(out):
+    """summary.csv rows by label and, where a method has one row, by its registry name."""
     with open(out / "summary.csv") as fh:
-        return {r["label"]: r for r in csv.DictReader(fh)}
+        rows = list(csv.DictReader(fh))
+    methods = [r["method"] for r in rows]
+    return {**{r["label"]: r for r in rows}, **{r["method"]: r for r in rows if methods.count(r["method"]) == 1}}
 
 
 def test_summary_has_95_percent_confidence_intervals(tmp_path):
@@ -55,7 +59,7 @@ def test_methods_not_significantly_below_the_best_are_marked_with_the_test_named
     assert rows["near"]["acc_tied"] == "True" and rows["finetune"]["acc_tied"] == "False"
     md = to_markdown(rep.tables[0])
     near = next(line for line in md.splitlines() if line.startswith("| near |"))
-    ft = next(line for line in md.splitlines() if line.startswith("| finetune |"))
+    ft = next(line for line in md.splitlines() if line.startswith(f"| {display_name('finetune')} |"))
     assert near.split(" | ")[1].endswith(" ≈") and "≈" not in ft.split(" | ")[1]
     assert "paired by seed" in md and "Welch" in md and "α = 0.05" in md
     assert r"$\approx$" in (tmp_path / "out" / "tables.tex").read_text()
@@ -89,7 +93,7 @@ def test_the_terminal_table_keeps_variant_labels(tmp_path):
     (table,) = gather([write_records(tmp_path / "r", recs)]).tables
     out = io.StringIO()
     Console(file=out, width=300).print(to_rich(table))
-    lines = [line for line in out.getvalue().splitlines() if "lora" in line]
+    lines = [line for line in out.getvalue().splitlines() if display_name("lora") in line]
     assert len(lines) == 2 and "[method.rank=4]" in lines[0] and "[method.rank=8]" in lines[1]
 
 
