@@ -45,14 +45,26 @@ Features = Callable[[Tensor], Tensor]
 
 
 @dataclass
-class PETLOptions(MethodConfig):
-    """Hyperparameters of the first-session modules (each used only by its ``petl`` kind)."""
-
+class AdapterOptions(MethodConfig):
     adapter_rank: int = option(64, "adapter: bottleneck width (AdaptFormer 'ffn_num')", ge=1)
     adapter_scale: float = option(0.1, "adapter: fixed scale of the adapter output", gt=0)
     adapter_dropout: float = option(0.1, "adapter: dropout on the bottleneck activation", ge=0, lt=1)
+
+
+@dataclass
+class SSFOptions(MethodConfig):
     ssf_init_std: float = option(0.02, "ssf: std of the initial scales (around 1) and shifts (around 0)", ge=0)
+
+
+@dataclass
+class VPTOptions(MethodConfig):
     vpt_length: int = option(5, "vpt: prompt tokens per block (deep) or in total (shallow)", ge=1)
+
+
+@dataclass
+class PETLOptions(AdapterOptions, SSFOptions, VPTOptions):
+    """Hyperparameters of every first-session module (each used only by its ``petl`` kind;
+    a method bound to one module may use just that module's options class)."""
 
 
 @dataclass
@@ -75,7 +87,7 @@ class FirstSessionMethod(CLMethod):
 
     Config = FirstSessionConfig
 
-    def __init__(self, cfg: PETLOptions, backbone, info):
+    def __init__(self, cfg: MethodConfig, backbone, info):
         super().__init__(cfg, backbone, info)
         self.freeze_backbone()
         self.kind: str = self.petl_kind()
@@ -111,8 +123,14 @@ class FirstSessionMethod(CLMethod):
             return self.backbone(x)
 
     def adapted_features(self, x: Tensor) -> Tensor:
-        """Features of the adapted backbone (``none``: the pretrained ones)."""
-        return self.tuned(x) if self.tuned is not None else self.backbone(x)
+        """Features of the adapted backbone (``none``: the pretrained ones). Without grad, SSF
+        is folded into the weights for the call (a plain ViT forward; restored after)."""
+        if self.tuned is not None:
+            return self.tuned(x)
+        if isinstance(self.petl, SSF) and not torch.is_grad_enabled():
+            with self.petl.merged():
+                return self.backbone(x)
+        return self.backbone(x)
 
     def adapted_parameters(self) -> list[nn.Parameter]:
         """The parameters task 0 adapts (empty for ``none``)."""
