@@ -17,6 +17,10 @@ covariance Σ_c; old classes are never revisited. A test feature goes to the cla
   means are L2-normalised in the distance.
 
 The pseudo-inverse of each S_c is computed once (float64) when the class arrives and kept.
+
+The official method uses the frozen pretrained backbone (``fecam.petl=none``); PILOT first
+adapts it on task 0 with AdaptFormer adapters (``fecam.petl=adapter``, its presets), see
+:mod:`clbench.methods.first_session`.
 """
 
 from __future__ import annotations
@@ -28,15 +32,20 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from clbench.config import MethodConfig, option
+from clbench.config import option
 from clbench.registry import register_method
 
-from .base import CLMethod
 from .class_stats import class_moments, mahalanobis
+from .first_session import FirstSessionConfig, FirstSessionMethod, PETLKind
+
+# PILOT's first-session optimiser (exps/fecam.json; unused without a first-session module)
+SGD_COSINE = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 5e-4,
+              "train.schedule": "cosine"}
 
 
 @dataclass
-class FeCAMConfig(MethodConfig):
+class FeCAMConfig(FirstSessionConfig):
+    petl: PETLKind = option("none", "module adapted on task 0 (none: the official frozen backbone; PILOT: adapter)")
     mode: Literal["official", "pilot"] = option(
         "official", "official: normalised features, FeCAM shrinkage, correlation normalisation; pilot: PILOT's "
                     "raw-feature statistics, Σ+α·I and corrcoef (close to nearest-mean)")
@@ -66,24 +75,22 @@ def correlation(cov: Tensor) -> Tensor:
 
 
 @register_method("fecam")
-class FeCAM(CLMethod):
-    """Per-class means and shrunk, normalised covariances; Mahalanobis nearest class (no training)."""
+class FeCAM(FirstSessionMethod):
+    """Per-class means and shrunk, normalised covariances; Mahalanobis nearest class (training-free
+    unless a first-session module is chosen)."""
 
     Config = FeCAMConfig
+    defaults = {**SGD_COSINE, "train.epochs": 20, "train.lr": 0.01, "train.batch_size": 48}
 
     def __init__(self, cfg: FeCAMConfig, backbone, info):
         super().__init__(cfg, backbone, info)
-        self.freeze_backbone()
         d = backbone.embed_dim
         self.register_buffer("means", torch.empty(0, d))
         self.register_buffer("precisions", torch.empty(0, d, d))
         self._log: dict[str, Any] = {}
 
-    def parameter_groups(self) -> list:
-        return []
-
     def features(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
+        return self.adapted_features(x)
 
     def statistics_features(self, x: Tensor) -> Tensor:
         """What the statistics are taken of: normalised features (official) or raw (pilot)."""
@@ -92,6 +99,7 @@ class FeCAM(CLMethod):
 
     @torch.no_grad()
     def after_task(self, ctx) -> None:
+        super().after_task(ctx)
         cfg = self.cfg
         with self.frozen_features():
             stats = class_moments(self.statistics_features, ctx, self.backbone.embed_dim)
@@ -115,4 +123,4 @@ class FeCAM(CLMethod):
             return -mahalanobis(F.normalize(f.float(), dim=-1), self.means, self.precisions)
 
     def task_log(self) -> dict[str, Any]:
-        return dict(self._log)
+        return {**super().task_log(), **self._log}
