@@ -33,14 +33,15 @@ SGD_COSINE = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.schedule":
 
 # --------------------------------------------------------------------- shapes (embedded default)
 # clbench's own settings for the embedded benchmark (6 blocks of width 96, 32 px): the
-# benchmark's 5 epochs and batch 64; RanPAC's projection scaled to the 96-wide features and
-# 5000 training images (M = 10000 would make its float64 Gram 800 MB on a laptop CPU).
+# benchmark's 5 epochs (batch 64 for RanPAC's first session, SLCA's own 128); RanPAC's
+# projection scaled to the 96-wide features and 5000 training images (M = 10000 would make
+# its float64 Gram 800 MB and each task's eigendecomposition minutes on a laptop CPU).
 add_preset("default", "ranpac", "shapes",
-           {"train.epochs": 5, "train.batch_size": 64, "method.projection": 2000},
+           {"train.epochs": 5, "train.batch_size": 64, "method.projection": 1000},
            "clbench defaults for 'shapes'")
 add_preset("default", "fecam", "shapes", {"train.epochs": 5, "train.batch_size": 64},
-           "clbench defaults for 'shapes'")
-add_preset("default", "slca", "shapes", {"train.epochs": 5, "train.milestones": (4,), "train.batch_size": 64},
+           "clbench defaults for 'shapes' (training-free unless fecam.petl is set)")
+add_preset("default", "slca", "shapes", {"train.epochs": 5, "train.milestones": (4,)},
            "clbench defaults for 'shapes' (5 epochs, lr x0.1 for the last)")
 
 # --------------------------------------------------------------------- RanPAC
