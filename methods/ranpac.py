@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from clbench.config import option
+from clbench.errors import ConfigError
 from clbench.registry import register_method
 
 from .first_session import FirstSessionConfig, FirstSessionMethod
@@ -77,6 +78,9 @@ class RanPAC(FirstSessionMethod):
     defaults = {**SGD_COSINE, "train.epochs": 20, "train.lr": 0.01, "train.batch_size": 48}
 
     def __init__(self, cfg: RanPACConfig, backbone, info):
+        if cfg.lambda_min_exp > cfg.lambda_max_exp:
+            raise ConfigError(f"ranpac.lambda_min_exp ({cfg.lambda_min_exp}) is above ranpac.lambda_max_exp "
+                              f"({cfg.lambda_max_exp}); set it at most equal (one candidate λ).")
         super().__init__(cfg, backbone, info)
         d = backbone.embed_dim
         self.register_buffer("w_rand", torch.empty(d, 0))

@@ -132,3 +132,10 @@ def test_analytic_presets_resolve_and_cite_their_sources():
     assert heads[("paper", "cifar100")] == "linear" and heads[("pilot", "cifar100")] == "cosine"
     modes = {p.name: p.values.get("method.mode") for p in presets if p.method == "fecam" and p.benchmark == "cifar100"}
     assert modes == {"paper": "official", "pilot": "pilot"}
+
+
+def test_an_empty_lambda_range_is_a_config_error():
+    from clbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lambda_min_exp"):
+        make(lambda_min_exp=3, lambda_max_exp=2)
