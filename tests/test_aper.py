@@ -170,3 +170,25 @@ def test_first_session_base_without_a_module_trains_nothing():
     with torch.no_grad():
         f = tiny_vit().eval()(x).double()
     torch.testing.assert_close(m.means, torch.stack([f[y == c].mean(0) for c in (0, 1)]))
+
+
+def test_aper_presets_resolve_to_their_values_and_cover_every_official_setting():
+    from clbench.presets import PRESETS
+    from clbench.registry import load_plugins
+    from clbench.resolve import resolve
+
+    load_plugins()  # registers the presets
+    presets = [p for p in PRESETS if p.method in VARIANTS]
+    for p in presets:
+        cfg = resolve(p.method, p.benchmark, 1993, p.name, [("benchmark.n_tasks", p.when["n_tasks"])]
+                      if "n_tasks" in p.when else []).config
+        for dotted, value in p.values.items():
+            section, _, key = dotted.partition(".")
+            assert getattr(cfg.section(section), key) == value, (p.name, p.method, p.benchmark, dotted)
+        assert p.source and (p.reported is None or p.reported.acc < p.reported.aaa < 100)
+    for name in VARIANTS:
+        paper = {(p.benchmark, p.when["n_tasks"]) for p in presets if p.method == name and p.name == "paper"}
+        assert paper == {("cifar100", 20), ("cub200", 20), ("imagenet_r", 40), ("imagenet_r", 10), ("imagenet_a", 20),
+                         ("objectnet", 20), ("omnibenchmark", 10), ("vtab", 5)}
+        pilot = {p.benchmark for p in presets if p.method == name and p.name == "pilot"}
+        assert pilot == ({"cifar100"} if name == "aper-vpt-shallow" else {"cifar100", "imagenet_r"})  # PILOT's IN-R VPT-S config is broken
