@@ -17,6 +17,7 @@ from conftest import TINY
 # no augmentation: a two-process run then computes what a one-process run does, up to the
 # order of floating-point sums (its ranks draw their own augmentations)
 DDP_TINY = [(k, v) for k, v in TINY if k != "engine.progress"] + [("benchmark.augment", False)]
+NO_DROPOUT = ("aper-adapter.adapter_dropout", 0)  # dropout masks depend on the per-rank batch shape
 
 LAUNCH = '''
 import sys
@@ -76,22 +77,28 @@ def test_two_processes_match_one_process(tmp_path):
     script.write_text(LAUNCH)
     sets = [a for k, v in DDP_TINY for a in ("--set", f"{k}={v}")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-           "run", "--methods", "simplecil,lora,unreduced", "--no-progress", "--output-dir", str(out), *sets]
-    # one launch (process startup is most of the time): two good methods, then one whose
+           "run", "--methods", "simplecil,lora,aper-adapter,fecam,ranpac,unreduced", "--no-progress",
+           "--output-dir", str(out), *sets, "--set", f"{NO_DROPOUT[0]}={NO_DROPOUT[1]}"]
+    # one launch (process startup is most of the time): good methods, then one whose
     # statistics differ between ranks, which must stop the run with a clear error
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "After task 1 the ranks hold different values of ['prototypes.means']" in result.stderr, result.stderr[-3000:]
 
+    # RanPAC's Gram matrices are summed over ranks (the rank check passed); its λ split
+    # draws per shard, so only the statistics methods are compared with one process
+    ranpac = json.loads(next((out / "shapes" / "ranpac").iterdir()).joinpath("record.json").read_text())
+    assert ranpac["status"] == "complete" and ranpac["engine"]["world_size"] == 2
     cache = DataCache()
-    for method in ("simplecil", "lora"):
+    for method in ("simplecil", "lora", "aper-adapter", "fecam"):
         (dirs,) = [list((out / "shapes" / method).iterdir())]
         assert len(dirs) == 1  # rank 0 alone writes: one run directory, one record
         ddp = json.loads((dirs[0] / "record.json").read_text())
         assert ddp["status"] == "complete" and ddp["engine"]["world_size"] == 2
         assert not (dirs[0] / "checkpoint").exists()
-        (planned,) = plan([method], "shapes", [1993], None, DDP_TINY + [("engine.output_dir", str(tmp_path / "one")),
-                                                                          ("engine.progress", False)])
+        extra = [NO_DROPOUT] if method == "aper-adapter" else []
+        (planned,) = plan([method], "shapes", [1993], None, DDP_TINY + extra + [
+            ("engine.output_dir", str(tmp_path / "one")), ("engine.progress", False)])
         one = execute(planned, cache=cache)
         # sharded evaluation counts each test sample once; reduced statistics and averaged
         # gradients give the one-process model
