@@ -133,3 +133,25 @@ def test_training_uses_the_current_set_only_and_eval_passes_follow_max_pass_imag
     calls.clear()
     run_method(method, tasks=range(2, 3), steps=1, train={"lr": 0.1})
     assert calls[0] == 12  # training batch (2 classes x 6 images), one group
+
+
+def test_ease_and_mos_presets_resolve_with_sources_and_reported_numbers():
+    import clbench.benchmarks  # noqa: F401  (registers the presets)
+    from clbench.experiment import plan
+    from clbench.presets import PRESETS
+
+    presets = [p for p in PRESETS if p.method in ("ease", "mos")]
+    for method in ("ease", "mos"):
+        mine = [p for p in presets if p.method == method]
+        assert [p.benchmark for p in mine if p.name == "default"] == ["shapes"]
+        assert {p.benchmark for p in mine if p.name == "paper"} == {
+            "cifar100", "cub200", "imagenet_r", "imagenet_a", "objectnet", "omnibenchmark", "vtab"}
+    for p in presets:
+        assert p.source
+        if p.name == "default":
+            continue
+        r = p.reported
+        assert r is not None and 0 < r.acc < 100 and 0 < r.aaa < 100 and r.source
+        (run,) = plan([p.method], p.benchmark, [1993], p.name, [("benchmark.n_tasks", p.when["n_tasks"])])
+        assert run.config.backbone.name.startswith("vit_base_patch16_224.augreg_in21k")
+        assert not getattr(run.config.method_cfg, "eval_drift", False)  # presets stay comparable
