@@ -27,8 +27,8 @@ _EASE_REPO, _MOS_REPO = "sun-hailong/CVPR24-Ease", "sun-hailong/AAAI25-MOS"
 
 # --------------------------------------------------------------------- shapes (embedded default)
 add_preset("default", "ease", "shapes", {"train.lr": 0.05}, "clbench defaults for 'shapes'")
-add_preset("default", "mos", "shapes", {"train.lr": 0.05, "method.ca_samples": 80},
-           "clbench defaults for 'shapes' (alignment batch 5 x the benchmark's batch 16)")
+add_preset("default", "mos", "shapes", {"train.lr": 0.05, "method.ca_samples": 320},
+           "clbench defaults for 'shapes' (alignment batch 5 x the benchmark's batch 64)")
 
 # --------------------------------------------------------------------- EASE
 # (benchmark, n_tasks): (epochs, lr, batch, weight decay, alpha, IN21K (Acc, AAA), IN1K (Acc, AAA),
