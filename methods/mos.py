@@ -242,7 +242,7 @@ class MOS(CLMethod):
         sums = ctx.all_reduce(onehot.t() @ x)
         outer = ctx.all_reduce(torch.einsum("bc,bi,bj->cij", onehot, x, x))
         mean = sums / count[:, None]
-        cov = (outer - count[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (count[:, None, None] - 1)
+        cov = (outer - count[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (count[:, None, None] - 1).clamp_min(1)
         cov = cov + 1e-4 * torch.eye(d, dtype=cov.dtype, device=cov.device)
         if self.cfg.statistics == "covariance":
             factor = torch.linalg.cholesky(cov)

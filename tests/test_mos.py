@@ -177,3 +177,15 @@ def test_retrieval_accuracy_and_merge_coefficients_are_logged(trained):
     assert log["snapshot_distance_to_mean"] >= 0
     assert method.stats.factor.shape == (4, 32, 32) and "stats.factor" not in method.task_state()
     assert set(NAMES) <= {k.split(".")[-1] for k in method.task_state()}
+
+
+def test_paper_mode_merges_once_per_step_and_evaluates_the_stored_snapshots():
+    method, _ = build(n_tasks=2, merge_mode="paper", ca_epochs=1)
+    run_method(method, tasks=1, steps=1, train={"lr": 0.05})
+    snapshot0 = [w[0].clone() for w in method.adapters.frozen()]
+    live0 = [p.detach().clone() for p in method.adapters.current()]
+    assert all(torch.equal(s, p) for s, p in zip(snapshot0, live0))  # the snapshot is the live set
+    run_method(method, tasks=range(1, 2), steps=1, train={"lr": 0.05})
+    assert method.task_log()["merges_per_step"] == 1
+    assert all(u is f for u, f in zip(method.snapshot_weights(), method.adapters.frozen()))
+    assert all(torch.equal(w[0], s) for w, s in zip(method.adapters.frozen(), snapshot0))  # snapshot 0 is kept
