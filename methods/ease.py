@@ -28,6 +28,8 @@ backbone passes; the FLOPs are those of S ViT forwards.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,7 @@ from clbench.adapters import AdapterSet
 from clbench.adapters.adapter_sets import CURRENT, PLAIN
 from clbench.config import MethodConfig, option
 from clbench.heads import CosineLinear
+from clbench.prompting import SelectionLog
 from clbench.registry import register_method
 
 from .base import CLMethod, StepOutput
@@ -81,6 +84,7 @@ class EASE(CLMethod):
         self.register_buffer("task_of_class", task_of_class, persistent=False)
         self.task = -1
         self._log: dict[str, Any] = {}
+        self.task_choice = SelectionLog(info.n_tasks, info.n_tasks)  # task of the predicted class (evaluation)
 
     # ---------------------------------------------------------------- structure
     @property
@@ -180,12 +184,31 @@ class EASE(CLMethod):
         W = self.prototypes
         if not self.cfg.use_reweight:  # one cosine of the jointly normalised concatenations
             phi = feats.float().transpose(0, 1).flatten(1)
-            return F.normalize(phi, dim=-1) @ F.normalize(W.flatten(1), dim=-1).t()
-        cos = torch.einsum("sbd,ksd->sbk", F.normalize(feats.float(), dim=-1), F.normalize(W, dim=-1))
-        return torch.einsum("sbk,sk->bk", cos, self.subspace_weights())
+            logits = F.normalize(phi, dim=-1) @ F.normalize(W.flatten(1), dim=-1).t()
+        else:
+            cos = torch.einsum("sbd,ksd->sbk", F.normalize(feats.float(), dim=-1), F.normalize(W, dim=-1))
+            logits = torch.einsum("sbk,sk->bk", cos, self.subspace_weights())
+        self.task_choice.add(self.task_of_class[logits.argmax(1)])
+        return logits
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        self.task_choice.reset()
+        self.task_choice.active = True
+        try:
+            yield
+        finally:
+            self.task_choice.active = False
+
+    def eval_context(self) -> contextlib.AbstractContextManager:
+        return self._recording()
+
+    def eval_labels(self, y: Tensor) -> None:
+        self.task_choice.labels(y, self.task_of_class)
 
     def task_log(self) -> dict[str, Any]:
-        return dict(self._log)
+        """Subspace sizes, complement weights, and how often the predicted class is of the true task."""
+        return {**self._log, **self.task_choice.summary("predicted")}
 
 
 def complement_weights(A_hat: Tensor, A: Tensor) -> Tensor:

@@ -4,6 +4,8 @@ set trains; evaluation takes as many fused backbone passes as ``max_pass_images`
 
 import math
 
+import pytest
+
 import torch
 from torch.nn import functional as F
 
@@ -155,3 +157,18 @@ def test_ease_and_mos_presets_resolve_with_sources_and_reported_numbers():
         (run,) = plan([p.method], p.benchmark, [1993], p.name, [("benchmark.n_tasks", p.when["n_tasks"])])
         assert run.config.backbone.name.startswith("vit_base_patch16_224.augreg_in21k")
         assert not getattr(run.config.method_cfg, "eval_drift", False)  # presets stay comparable
+
+
+def test_task_accuracy_of_the_predicted_class_is_logged_during_evaluation():
+    method, info = build(n_tasks=2)
+    run_method(method, tasks=2, steps=1, train={"lr": 0.1})
+    x, y = torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 2])
+    method.eval()
+    with method.eval_context(), torch.no_grad():
+        logits = method.predict(x)
+        method.eval_labels(y)
+    hits = (method.task_of_class[logits.argmax(1)] == method.task_of_class[y]).float().mean() * 100
+    log = method.task_log()
+    assert log["predicted_task_acc"] == pytest.approx(float(hits)) and len(log["predicted_task_acc_per_task"]) == 2
+    method.predict(x)  # outside evaluation nothing is recorded
+    assert method.task_log()["predicted_counts"] == log["predicted_counts"]
