@@ -172,3 +172,11 @@ def test_task_accuracy_of_the_predicted_class_is_logged_during_evaluation():
     assert log["predicted_task_acc"] == pytest.approx(float(hits)) and len(log["predicted_task_acc_per_task"]) == 2
     method.predict(x)  # outside evaluation nothing is recorded
     assert method.task_log()["predicted_counts"] == log["predicted_counts"]
+
+
+def test_adapter_limit_trains_the_first_sets_only_and_keeps_their_subspaces():
+    method, info = build(n_tasks=3, adapter_limit=1, use_init_ptm=True, alpha=1.0, beta=1.0)
+    results = run_method(method, tasks=3, steps=1, train={"lr": 0.1})
+    assert [r["steps"] for r in results] == [1, 0, 0] and method.adapters.n_frozen == 1
+    assert method.prototypes.shape == (6, 2, 32)  # pretrained + set 0 for every class, nothing to complete
+    assert method.task_log()["complement"] == []
