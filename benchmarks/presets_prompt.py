@@ -46,18 +46,21 @@ for _method, _values in {
     add_preset("default", _method, "shapes", _values, "clbench defaults for 'shapes'")
 
 # --------------------------------------------------------------------- L2P
+# Both PyTorch references (l2p-pytorch and PILOT's L2P) give every prompt token a copy of the [CLS]
+# position embedding (JH-LEE-KR/l2p-pytorch vision_transformer.py resize_pos_embed/forward_features).
 _L2P_PT = {"method.pool_size": 10, "method.prompt_length": 5, "method.top_k": 5, "method.pull_coeff": 0.1,
-           "train.optimizer": "adam", "train.lr": 0.001875, "train.schedule": "constant", "train.weight_decay": 0.0}
+           "method.prompt_pos_embed": "cls", "train.optimizer": "adam", "train.lr": 0.001875, "train.schedule": "constant", "train.weight_decay": 0.0}
 add_preset("paper", "l2p", "cifar100",
         {**_L2P_PT, "train.epochs": 5, "train.batch_size": 16, "train.grad_clip": 1.0, "backbone.name": IN21K,
          **NATURAL},
-        "JH-LEE-KR/l2p-pytorch configs/cifar100_l2p.py (lr 0.03x16/256, clip 1.0; batch vote at test in the "
-        "source); A_T 83.83 +- 0.04 std (task-averaged; L2P paper, CVPR 2022)",
+        "JH-LEE-KR/l2p-pytorch configs/cifar100_l2p.py (lr 0.03x16/256, clip 1.0; prompts get the [CLS] position "
+        "embedding as in its vision_transformer.py; batch vote at test in the source); A_T 83.83 +- 0.04 std (task-averaged; L2P paper, CVPR 2022)",
         Reported(83.83, source="L2P paper (CVPR 2022), Split CIFAR-100, via l2p-pytorch README"), n_tasks=10)
 _L2P_SDL = {**_L2P_PT, "train.epochs": 10, "train.batch_size": 32, "train.grad_clip": None,
             "backbone.name": SDLORA_BACKBONE, **SEEDED_1993}
 _SDL_L2P_SOURCE = ("WuYichen-97/SD-Lora-CL exps/l2p_inr.json (PILOT L2P: 10 epochs, no clipping, batch 32; "
-                   "batch vote at train and test in the source)")
+                   "prompts get the [CLS] position embedding, prompt_pos_embed=cls, as PILOT's l2p-pytorch-based "
+                   "backbone; batch vote at train and test in the source)")
 for _n, (_acc, _acc_se, _aaa, _aaa_se) in {5: (73.04, 0.71, 76.94, 0.41), 10: (71.26, 0.44, 76.13, 0.46),
                                            20: (68.97, 0.51, 74.16, 0.32)}.items():
     add_preset("sdlora", "l2p", "imagenet_r", _L2P_SDL, _SDL_L2P_SOURCE,
