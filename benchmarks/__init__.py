@@ -2,4 +2,4 @@
 
 from . import random_images, shapes  # noqa: F401  (register the built-in benchmarks)
 from . import aper, cifar100, cub200, domainnet, imagenet_a, imagenet_r  # noqa: F401  (real benchmarks)
-from . import presets, presets_lora, presets_prompt  # noqa: F401  (register the presets)
+from . import presets, presets_dino, presets_lora, presets_prompt  # noqa: F401  (register the presets)
