@@ -41,7 +41,8 @@ for _method, _values in {
     "dualprompt": {"train.lr": 0.01, "method.e_length": 4, "method.g_length": 2},
     "coda-prompt": {"train.lr": 0.01, "method.pool_size": 50, "method.prompt_length": 8},
     "hide-prompt": {"train.lr": 0.01, "method.length": 4, "method.n_centroids": 5, "method.align_epochs": 10,
-                    "method.tii_lr_scale": 0.5, "method.tii_align_lr": 0.01, "method.tap_lr": 0.01},
+                    "method.tii_lr": 0.005, "method.tii_epochs": 5, "method.tii_lr_scale": 0.5,
+                    "method.tii_align_lr": 0.01, "method.tap_lr": 0.01},
 }.items():
     add_preset("default", _method, "shapes", _values, "clbench defaults for 'shapes'")
 
@@ -132,14 +133,17 @@ add_preset("sdlora", "coda-prompt", "domainnet", {**_CODA_SDL, "train.epochs": 5
 
 # --------------------------------------------------------------------- HiDe-Prompt
 _HIDE = {"method.layers": (0, 1, 2, 3, 4), "method.prompt_momentum": 0.01, "method.shared_pool": True,
-         "method.head_lr_scale": 0.1, "method.tii_hidden": 2, "method.tii_lr_scale": 1 / 60,
+         "method.head_lr_scale": 0.1, "method.tii_hidden": 2, "method.tii_schedule": "stage",
+         "method.tii_optimizer": "adam", "method.tii_lr": 0.0005 * 24 / 256, "method.tii_epochs": 20,
+         "method.tii_lr_scale": 1 / 60,
          "method.n_centroids": 10, "method.align_epochs": 30, "method.tii_align_lr": 0.00046875,
          "method.tii_align_batch": 24, "method.tap_lr": 0.005, "method.tap_batch": 120,
          "train.optimizer": "adam", "train.lr": 0.0028125, "train.weight_decay": 0.0, "train.batch_size": 24,
          "train.grad_clip": 1.0}
 _HIDE_IMR = {**_HIDE, "method.length": 20, "method.reg": 0.5, "train.epochs": 150, "train.schedule": "cosine"}
 _HIDE_SOURCE = ("thu-ml/HiDe-Prompt training_scripts/train_{imr,cifar100}_vit.sh + configs/*_hideprompt_5e.py "
-                "(prompt lr 0.03x24/256, head x0.1, TII lr 5e-4x24/256 trained in the main loop here, "
+                "(TII stage first, --train_inference_task_only: Adam, lr 5e-4x24/256, 20 epochs, constant, clip 1.0, "
+                "the same for ImageNet-R and CIFAR-100; then prompts: lr 0.03x24/256, head x0.1; "
                 "30 alignment epochs)")
 add_preset("paper", "hide-prompt", "imagenet_r", {**_HIDE_IMR, "backbone.name": IN21K, **NATURAL},
         _HIDE_SOURCE + "; FAA 75.06 +- 0.12, CAA 76.60 (task-averaged; HiDe-Prompt paper, NeurIPS 2023)",
