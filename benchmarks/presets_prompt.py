@@ -41,23 +41,27 @@ for _method, _values in {
     "dualprompt": {"train.lr": 0.01, "method.e_length": 4, "method.g_length": 2},
     "coda-prompt": {"train.lr": 0.01, "method.pool_size": 50, "method.prompt_length": 8},
     "hide-prompt": {"train.lr": 0.01, "method.length": 4, "method.n_centroids": 5, "method.align_epochs": 10,
-                    "method.tii_lr_scale": 0.5, "method.tii_align_lr": 0.01, "method.tap_lr": 0.01},
+                    "method.tii_lr": 0.005, "method.tii_epochs": 5, "method.tii_lr_scale": 0.5,
+                    "method.tii_align_lr": 0.01, "method.tap_lr": 0.01},
 }.items():
     add_preset("default", _method, "shapes", _values, "clbench defaults for 'shapes'")
 
 # --------------------------------------------------------------------- L2P
+# Both PyTorch references (l2p-pytorch and PILOT's L2P) give every prompt token a copy of the [CLS]
+# position embedding (JH-LEE-KR/l2p-pytorch vision_transformer.py resize_pos_embed/forward_features).
 _L2P_PT = {"method.pool_size": 10, "method.prompt_length": 5, "method.top_k": 5, "method.pull_coeff": 0.1,
-           "train.optimizer": "adam", "train.lr": 0.001875, "train.schedule": "constant", "train.weight_decay": 0.0}
+           "method.prompt_pos_embed": "cls", "train.optimizer": "adam", "train.lr": 0.001875, "train.schedule": "constant", "train.weight_decay": 0.0}
 add_preset("paper", "l2p", "cifar100",
         {**_L2P_PT, "train.epochs": 5, "train.batch_size": 16, "train.grad_clip": 1.0, "backbone.name": IN21K,
          **NATURAL},
-        "JH-LEE-KR/l2p-pytorch configs/cifar100_l2p.py (lr 0.03x16/256, clip 1.0; batch vote at test in the "
-        "source); A_T 83.83 +- 0.04 std (task-averaged; L2P paper, CVPR 2022)",
+        "JH-LEE-KR/l2p-pytorch configs/cifar100_l2p.py (lr 0.03x16/256, clip 1.0; prompts get the [CLS] position "
+        "embedding as in its vision_transformer.py; batch vote at test in the source); A_T 83.83 +- 0.04 std (task-averaged; L2P paper, CVPR 2022)",
         Reported(83.83, source="L2P paper (CVPR 2022), Split CIFAR-100, via l2p-pytorch README"), n_tasks=10)
 _L2P_SDL = {**_L2P_PT, "train.epochs": 10, "train.batch_size": 32, "train.grad_clip": None,
             "backbone.name": SDLORA_BACKBONE, **SEEDED_1993}
 _SDL_L2P_SOURCE = ("WuYichen-97/SD-Lora-CL exps/l2p_inr.json (PILOT L2P: 10 epochs, no clipping, batch 32; "
-                   "batch vote at train and test in the source)")
+                   "prompts get the [CLS] position embedding, prompt_pos_embed=cls, as PILOT's l2p-pytorch-based "
+                   "backbone; batch vote at train and test in the source)")
 for _n, (_acc, _acc_se, _aaa, _aaa_se) in {5: (73.04, 0.71, 76.94, 0.41), 10: (71.26, 0.44, 76.13, 0.46),
                                            20: (68.97, 0.51, 74.16, 0.32)}.items():
     add_preset("sdlora", "l2p", "imagenet_r", _L2P_SDL, _SDL_L2P_SOURCE,
@@ -129,14 +133,17 @@ add_preset("sdlora", "coda-prompt", "domainnet", {**_CODA_SDL, "train.epochs": 5
 
 # --------------------------------------------------------------------- HiDe-Prompt
 _HIDE = {"method.layers": (0, 1, 2, 3, 4), "method.prompt_momentum": 0.01, "method.shared_pool": True,
-         "method.head_lr_scale": 0.1, "method.tii_hidden": 2, "method.tii_lr_scale": 1 / 60,
+         "method.head_lr_scale": 0.1, "method.tii_hidden": 2, "method.tii_schedule": "stage",
+         "method.tii_optimizer": "adam", "method.tii_lr": 0.0005 * 24 / 256, "method.tii_epochs": 20,
+         "method.tii_lr_scale": 1 / 60,
          "method.n_centroids": 10, "method.align_epochs": 30, "method.tii_align_lr": 0.00046875,
          "method.tii_align_batch": 24, "method.tap_lr": 0.005, "method.tap_batch": 120,
          "train.optimizer": "adam", "train.lr": 0.0028125, "train.weight_decay": 0.0, "train.batch_size": 24,
          "train.grad_clip": 1.0}
 _HIDE_IMR = {**_HIDE, "method.length": 20, "method.reg": 0.5, "train.epochs": 150, "train.schedule": "cosine"}
 _HIDE_SOURCE = ("thu-ml/HiDe-Prompt training_scripts/train_{imr,cifar100}_vit.sh + configs/*_hideprompt_5e.py "
-                "(prompt lr 0.03x24/256, head x0.1, TII lr 5e-4x24/256 trained in the main loop here, "
+                "(TII stage first, --train_inference_task_only: Adam, lr 5e-4x24/256, 20 epochs, constant, clip 1.0, "
+                "the same for ImageNet-R and CIFAR-100; then prompts: lr 0.03x24/256, head x0.1; "
                 "30 alignment epochs)")
 add_preset("paper", "hide-prompt", "imagenet_r", {**_HIDE_IMR, "backbone.name": IN21K, **NATURAL},
         _HIDE_SOURCE + "; FAA 75.06 +- 0.12, CAA 76.60 (task-averaged; HiDe-Prompt paper, NeurIPS 2023)",

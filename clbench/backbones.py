@@ -1,8 +1,9 @@
 """Backbones: an untouched timm Vision Transformer with input scaling and pooling.
 
 :func:`create_backbone` builds any timm model by its full ``arch.tag`` name (or a name
-registered with :func:`~clbench.registry.register_backbone`) and resolves its weights
-(:mod:`clbench.weights`). :class:`Backbone` wraps it without modifying timm's code:
+registered with :func:`~clbench.registry.register_backbone`, or one of timm's deprecated names,
+which resolve to the current ``arch.tag``, e.g. ``vit_base_patch16_224_dino`` to
+``vit_base_patch16_224.dino``) and resolves its weights (:mod:`clbench.weights`). :class:`Backbone` wraps it without modifying timm's code:
 
 * :meth:`Backbone.forward_tokens` / :meth:`Backbone.forward`: all tokens after the final
   norm, and the pooled feature (timm's own pooling, e.g. the [CLS] token);
@@ -116,6 +117,9 @@ def _resolve_spec(name: str) -> tuple[str, dict[str, Any], Path | None]:
         spec: BackboneSpec = BACKBONES.get(name)
         bundled = ASSETS / spec.bundled_weights if spec.bundled_weights else None
         return spec.timm_name, dict(spec.kwargs), bundled
+    current = timm.models.get_deprecated_models().get(name)
+    if current:  # timm's old names, e.g. vit_base_patch16_224_dino (the SD-LoRA code's DINO) -> ...224.dino
+        name = current
     arch = name.split(".")[0]
     if arch not in timm.list_models():
         known = BACKBONES.names() + timm.list_models("vit_*")

@@ -62,6 +62,16 @@ class InMemoryTask:
         for i in range(0, len(self.x), self.batch_size):
             yield self.x[i:i + self.batch_size].to(self.device), self.y[i:i + self.batch_size].to(self.device)
 
+    def training_batches(self, epoch: int, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The task's tensors shuffled by torch's global generator, in batches of ``batch_size``."""
+        if self.x is None:
+            return
+        size = batch_size or self.batch_size
+        order = torch.randperm(len(self.x))
+        for i in range(0, len(order), size):
+            pick = order[i:i + size]
+            yield self.x[pick].to(self.device), self.y[pick].to(self.device)
+
     def all_reduce(self, tensor: Tensor) -> Tensor:
         return tensor
 

@@ -80,6 +80,13 @@ class TaskContext(Protocol):
         """
         ...
 
+    def training_batches(self, epoch: int, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Epoch ``epoch`` of this task's training data as the main training gets it (augmented,
+        shuffled by the epoch's seeded order, new labels), in batches of ``batch_size``
+        (default ``train.batch_size``; this rank's share under DDP): the data of a phase that
+        trains on the task's images (e.g. a task-identity stage before the main training)."""
+        ...
+
     def all_reduce(self, tensor: Tensor) -> Tensor:
         """Sum a statistic over ranks (a no-op in a single process)."""
         ...
@@ -111,7 +118,8 @@ class Phase:
     the main training (optimiser, lr rule, autocast, clipping, divergence checks, DDP
     gradient averaging, checkpoints and resume).
 
-    ``batches(epoch)`` returns the epoch's batches (tuples of tensors on the device);
+    ``batches(epoch)`` returns the epoch's batches (tuples of tensors on the device; a phase
+    on the task's images returns ``ctx.training_batches(epoch)``);
     ``loss(*batch)`` returns the scalar loss; ``train`` overrides ``train.*`` values for
     this phase (e.g. ``{"optimizer": "sgd", "lr": 0.01, "schedule": "cosine"}``). Draw the
     batches' randomness from torch's global generator: a resumed phase replays an epoch's

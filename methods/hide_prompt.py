@@ -15,9 +15,14 @@ Two stages on one frozen ViT:
   0.8) with an identity target. After each task the head is retrained on features sampled from
   the per-class statistics of the prompted features of all seen classes.
 
-Schedule in clbench: the TII MLP and head train in the task's main loop (their loss reads the
-detached query, so it is summed with the prompt loss and gets its own lr via ``lr_scale``)
-instead of a separate first pass over the data; the two alignments are engine-run phases
+Schedule (``tii_schedule``): ``stage`` (default, the official code): the TII MLP and head
+train in their own phase before the task's prompt training, on the task's training images,
+with their own optimiser, lr and epochs (thu-ml/HiDe-Prompt ``training_scripts/train_*_vit.sh``
+first command, ``--train_inference_task_only``: Adam, lr 5e-4 × 24/256, 20 epochs, constant,
+clip 1.0; ``engines/hide_tii_engine.py``); the prompt stage then trains the prompts and head
+only, without a query pass per step. ``joint`` (clbench's earlier schedule, a variant marked
+non-comparable): the TII loss is summed with the prompt loss in the main loop (its lr via
+``tii_lr_scale``). The two alignments are engine-run phases after the task
 (:class:`~clbench.methods.base.Phase`). ``task_log`` records the TII task accuracy of the
 evaluation (``tii_task_acc``, per task in ``tii_task_acc_per_task``).
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -42,20 +48,31 @@ from .base import Phase, StepOutput
 from .prompt_base import PromptMethod
 
 
+JOINT_REASON = ("hide-prompt: tii_schedule=joint trains task-identity inference inside the prompt stage's loop "
+                "(clbench's earlier schedule), not in its own stage as the official code")
+
+
 @dataclass
 class HiDePromptConfig(MethodConfig):
-    length: int = option(5, "E-prompt key tokens (and as many value tokens): 5 CIFAR, 20 ImageNet-R", ge=1)
+    length: int = option(5, "E-prompt key tokens (and as many value tokens): 5 CIFAR, 20 ImageNet-R", ge=0)
     layers: tuple[int, ...] = option((0, 1, 2, 3, 4), "blocks that get the E-prompt prefixes", ge=0)
     prompt_momentum: float = option(0.01, "mix of the mean of earlier task prompts into the current one", ge=0, le=1)
     shared_pool: bool = option(True, "a new task's prompt starts as a copy of the previous one")
     reg: float = option(0.1, "weight of the prototype contrastive term: 0.1 CIFAR, 0.5 ImageNet-R", ge=0)
-    temperature: float = option(0.8, "temperature of the prototype contrastive term", gt=0)
-    head_lr_scale: float = option(0.1, "head lr relative to train.lr (official --larger_prompt_lr)", ge=0)
+    temperature: float = option(0.8, "temperature of the contrastive term", gt=0)
+    head_lr_scale: float = option(0.1, "head lr relative to train.lr (official --larger_prompt_lr)", gt=0)
     tii_hidden: int = option(2, "TII MLP hidden width, in multiples of D", ge=1)
-    tii_lr_scale: float = option(1 / 60, "TII lr relative to train.lr (official 5e-4 vs 0.03, both × batch/256)", gt=0)
+    tii_schedule: Literal["stage", "joint"] = option(
+        "stage", "TII training: its own stage before the prompt stage (official), or joint in its loop (variant)")
+    tii_epochs: int = option(20, "epochs of the TII stage per task (official 20)", ge=0)
+    tii_lr: float = option(4.6875e-5, "lr of the TII stage (official 5e-4 x 24/256)", gt=0)
+    tii_optimizer: Literal["sgd", "adam", "adamw"] = option("adam", "optimiser of the TII stage (official adam)")
+    tii_batch: int | None = option(None, "batch of the TII stage; None: train.batch_size (official 24, as the prompt "
+                                         "stage)", ge=1)
+    tii_lr_scale: float = option(1 / 60, "joint schedule only: TII lr relative to train.lr (5e-4 vs 0.03)", gt=0)
     n_centroids: int = option(10, "k-means centroids per class for the stored statistics", ge=1)
-    align_epochs: int = option(30, "epochs of each post-task alignment (\"crct_epochs\")", ge=0)
-    tii_align_lr: float = option(4.6875e-4, "SGD lr of the TII alignment (0.005 × 24/256)", gt=0)
+    align_epochs: int = option(30, "epochs of each post-task alignment (crct_epochs)", ge=0)
+    tii_align_lr: float = option(4.6875e-4, "SGD lr of the TII alignment (0.005 x 24/256)", gt=0)
     tii_align_batch: int = option(24, "batch, and samples drawn per centroid, of the TII alignment", ge=1)
     tap_lr: float = option(0.005, "SGD lr of the head retraining", gt=0)
     tap_batch: int = option(120, "batch, and samples drawn per centroid, of the head retraining", ge=1)
@@ -139,6 +156,9 @@ class HiDePrompt(PromptMethod):
         self.selection_name = "tii"
         self.prefix_hooks = KVPrefixes(backbone, blocks=cfg.layers)
         self.flag_noncomparable(cfg.batchwise_prompt, cfg.prefix_reshape_bug)
+        self.joint_tii = cfg.tii_schedule == "joint"
+        if self.joint_tii:
+            self.noncomparable.append(JOINT_REASON)
         self._task = 0
         self._prototypes: Tensor | None = None
 
@@ -153,15 +173,35 @@ class HiDePrompt(PromptMethod):
         valid = self.prompted_count[: ctx.lo] > 0  # prototypes: stored centroids of earlier classes
         self._prototypes = self.prompted_mean[: ctx.lo][valid]
 
+    def tii_parameters(self) -> list[nn.Parameter]:
+        return list(self.tii_mlp.parameters()) + list(self.tii_head.parameters())
+
+    def pre_training_phases(self, ctx) -> list[Phase]:
+        """The official TII stage: the MLP and head on the task's images, own optimiser/lr/epochs."""
+        cfg = self.cfg
+        if self.joint_tii or cfg.tii_epochs <= 0:
+            return []
+        lo, hi = ctx.lo, ctx.hi
+        train = {"optimizer": cfg.tii_optimizer, "lr": cfg.tii_lr, "schedule": "constant", "weight_decay": 0.0,
+                 "grad_clip": 1.0}
+        return [Phase("tii", [{"params": self.tii_parameters()}], cfg.tii_epochs,
+                      lambda epoch: ctx.training_batches(epoch, cfg.tii_batch),
+                      lambda x, y: self.tii_loss(self.query(x), y, lo, hi), train)]
+
     def parameter_groups(self) -> list[dict]:
-        tii = list(self.tii_mlp.parameters()) + list(self.tii_head.parameters())
-        return [{"params": [self.prompts]},
-                {"params": list(self.head.parameters()), "lr_scale": self.cfg.head_lr_scale},
-                {"params": tii, "lr_scale": self.cfg.tii_lr_scale}]
+        groups = [{"params": [self.prompts]},
+                  {"params": list(self.head.parameters()), "lr_scale": self.cfg.head_lr_scale}]
+        if self.joint_tii:
+            groups.append({"params": self.tii_parameters(), "lr_scale": self.cfg.tii_lr_scale})
+        return groups
 
     # ---------------------------------------------------------------- forward
     def tii_logits(self, q: Tensor) -> Tensor:
         return self.tii_head(self.tii_mlp(q))
+
+    def tii_loss(self, q: Tensor, y: Tensor, lo: int, hi: int) -> Tensor:
+        """Cross-entropy of the TII over the current task's classes ``lo..hi-1`` (new labels ``y``)."""
+        return F.cross_entropy(self.tii_logits(q)[:, lo:hi].float(), y - lo)
 
     def training_prompt(self, t: int) -> Tensor:
         """Task t's prompt (layers, 2, L, D), mixed with the mean of the earlier ones."""
@@ -187,13 +227,14 @@ class HiDePrompt(PromptMethod):
             return F.cross_entropy(sim, torch.arange(len(rows), device=rows.device))
 
     def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
-        q = self.query(x)
-        tii_ce = F.cross_entropy(self.tii_logits(q)[:, ctx.lo:ctx.hi].float(), y - ctx.lo)
         pool = self.training_prompt(ctx.index).unsqueeze(1)  # (layers, 1, 2, L, D)
         feats = self.features(x, pool, 0)
         contrast = self.contrastive(feats)
-        return StepOutput(self.head(feats), loss=tii_ce + self.cfg.reg * contrast,
-                          logs={"tii_ce": tii_ce.detach(), "contrast": contrast.detach()})
+        loss, logs = self.cfg.reg * contrast, {"contrast": contrast.detach()}
+        if self.joint_tii:  # the earlier schedule: TII trained here, on the detached query
+            tii_ce = self.tii_loss(self.query(x), y, ctx.lo, ctx.hi)
+            loss, logs = tii_ce + loss, {"tii_ce": tii_ce.detach(), **logs}
+        return StepOutput(self.head(feats), loss=loss, logs=logs)
 
     def predict_tasks(self, q: Tensor) -> Tensor:
         """Task id per sample from the TII's predicted class (batch vote if flagged)."""
@@ -250,9 +291,8 @@ class HiDePrompt(PromptMethod):
             return []
         hi, steps, cfg = ctx.hi, ctx.lo, self.cfg  # steps per epoch: classes of earlier tasks
         sgd = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "grad_clip": None}
-        tii_params = list(self.tii_mlp.parameters()) + list(self.tii_head.parameters())
         return [
-            Phase("tii-align", [{"params": tii_params}], cfg.align_epochs,
+            Phase("tii-align", [{"params": self.tii_parameters()}], cfg.align_epochs,
                   self._sampler("raw", hi, cfg.tii_align_batch, steps),
                   lambda f, y: F.cross_entropy(self.tii_logits(f)[:, :hi].float(), y),
                   {**sgd, "lr": cfg.tii_align_lr}),

@@ -2,10 +2,17 @@
 
 A pool of M prompts (L tokens each) with one key each. The frozen backbone's [CLS] feature is
 the query; the N keys with the highest cosine similarity select N prompts per sample, which
-are prepended to the token sequence at the input of block 0 (after [CLS]; no position
-embedding, as in the JAX code). The head reads the mean of the prompt tokens' outputs. Loss:
-the engine's masked cross-entropy (``train.logit_mask=current``) minus λ·Σ_b Σ_selected
-cos(q_b, k_j)/B; the query is detached, so the surrogate term moves only the selected keys.
+are prepended to the token sequence at the input of block 0, after [CLS]. The head reads the
+mean of the prompt tokens' outputs. Loss: the engine's masked cross-entropy
+(``train.logit_mask=current``) minus λ·Σ_b Σ_selected cos(q_b, k_j)/B; the query is detached,
+so the surrogate term moves only the selected keys.
+
+The prompts' position embedding (``prompt_pos_embed``), which the paper does not describe:
+``none`` as in the JAX original (google-research/l2p ``models/vit.py`` adds the position
+embeddings before the prompts are prepended), or ``cls`` as in the PyTorch port
+(JH-LEE-KR/l2p-pytorch ``vision_transformer.py``: [CLS, prompts, patches], with the position
+table widened by repeating [CLS]'s entry for the prompt slots in ``resize_pos_embed``) and the
+LAMDA-PILOT L2P the SD-LoRA paper ran; on identical weights the two differ visibly in logits.
 """
 
 from __future__ import annotations
@@ -28,14 +35,16 @@ from .prompt_base import PromptMethod
 
 @dataclass
 class L2PConfig(MethodConfig):
-    pool_size: int = option(10, "M prompts and keys", ge=1)
-    prompt_length: int = option(5, "L tokens per prompt", ge=1)
-    top_k: int = option(5, "N prompts selected per sample", ge=1)
-    pull_coeff: float = option(0.1, "λ of the key-matching term (pt port 0.1; JAX code 1.0)", ge=0)
-    head: Literal["prompt", "token"] = option("prompt", "mean of prompt-token outputs, or [CLS]")
-    prompt_mask: bool = option(False, "train task t on pool slots [tN, (t+1)N) (\"use_prompt_mask\")")
+    pool_size: int = option(10, "M prompts (and keys) in the pool", ge=1)
+    prompt_length: int = option(5, "L tokens per prompt", ge=0)
+    top_k: int = option(5, "N prompts selected per sample (at most pool_size)", ge=1)
+    pull_coeff: float = option(0.1, "lambda of the key-matching term (PyTorch port 0.1; JAX code 1.0)", ge=0)
+    head: Literal["prompt", "token"] = option("prompt", "head input: mean of the prompt-token outputs, or [CLS]")
+    prompt_mask: bool = option(False, "train task t on pool slots [tN, (t+1)N) (official use_prompt_mask)")
     shared_pool: bool = option(False, "at task t's start copy slots [(t-1)N, tN) into [tN, (t+1)N)")
-    batchwise_prompt: bool = option(False, "compatibility: batch majority vote (marks the run non-comparable)")
+    batchwise_prompt: bool = option(False, "compatibility: one prompt set per batch by majority vote (non-comparable)")
+    prompt_pos_embed: Literal["none", "cls"] = option(
+        "none", "position embedding of the prompt tokens: none (JAX original) or a copy of [CLS]'s (PyTorch ports)")
 
 
 @register_method("l2p")
@@ -56,7 +65,7 @@ class L2P(PromptMethod):
         self.prompts = uniform_((cfg.pool_size, cfg.prompt_length, d))
         self.keys = uniform_((cfg.pool_size, d))
         self.selection = SelectionLog(cfg.pool_size)
-        self.token_hooks = PromptTokens(backbone)
+        self.token_hooks = PromptTokens(backbone, position=cfg.prompt_pos_embed)
         self.flag_noncomparable(cfg.batchwise_prompt)
         self._forced: Tensor | None = None  # training slots under prompt_mask
 

@@ -22,6 +22,20 @@ Two modes (``method.mode``; docs/methods.md compares them):
 over all adapted projections jointly, float64, from low-rank Grams) and, when the relative
 residual is at most τ = 9e-4, absorbs it into the old magnitudes and drops it.
 
+The paper's Table 4 ablations (``method.ablation``, sdlora only; the released code has none,
+so each keeps the mode's normalisers and magnitude rule, a reading of ours):
+
+``first-direction`` (W0 + α·D(A_1B_1)): task 1 trains one component as usual; afterwards its
+    direction is frozen, no component is added and only its magnitude (and the head) trains.
+``one-component`` (W0 + α·D(AB)): one component whose A, B and magnitude train on every
+    task. (In official mode the trained component is unnormalised, as the released code
+    treats the current component; mode=paper gives the decoupled α·BA/‖BA‖.)
+``fixed-old`` (W0 + D_1 + … + α_t·D_t): each task adds a component; at the next task start it
+    is merged into the weights with a fixed scale, so only the current direction and
+    magnitude train, no old one is rescaled. The scale (``fixed_old_scale``): the magnitude
+    it ended its task with (``learned``, default: "fix learned components without magnitude
+    rescaling", the paper's text) or 1 (``one``, the table's literal formula).
+
 The frozen components are one concatenated low-rank product per block (see
 :class:`~clbench.adapters.QKVLowRank`); for evaluation everything is merged into the qkv
 weights, so inference is a plain ViT forward. Components are frozen lazily, when the next
@@ -50,13 +64,26 @@ from .base import CLMethod, StepOutput
 PAPER_NORM_EPS = 1e-6  # paper mode: ‖B A‖_F is clamped here, so B = 0 gives a zero direction
 
 
+ABLATIONS = ("none", "first-direction", "one-component", "fixed-old")
+
+
 @dataclass
 class SDLoRAConfig(MethodConfig):
-    rank: int = option(10, "rank of every task's component (SD-LoRA-RR: of tasks before mu)", ge=1)
-    targets: str = option("qv", "adapted slices of the fused qkv")
-    mode: Literal["official", "paper"] = option("official", "official: as the authors' code; paper: as the paper's equations")
-    init_magnitude: float | None = option(None, "initial magnitude of a new task's component; None: 0.8 (official) or 1.0 (paper)")
-    reset_magnitudes: bool | None = option(None, "reset all magnitudes at each task; None: official yes, paper no")
+    rank: int = option(10, "rank of every task's component (SD-LoRA-RR: of the tasks before mu)", ge=1)
+    targets: str = option("qv", "adapted slices of the fused qkv (letters of 'qkv')")
+    mode: Literal["official", "paper"] = option(
+        "official", "official: the released code's normalisers and magnitude reset; paper: Eq. 4, magnitudes carried")
+    init_magnitude: float | None = option(None, "initial magnitude of a component; None: 0.8 (official) or 1.0 (paper)",
+                                          gt=0)
+    reset_magnitudes: bool | None = option(
+        None, "reset every magnitude when a task starts; None: yes in official mode, no in paper mode")
+    ablation: Literal["none", "first-direction", "one-component", "fixed-old"] = option(
+        "none", "the paper's Table 4 ablations (sdlora only): first-direction (task-1 direction frozen, only its "
+                "magnitude trains later), one-component (one component trained on every task), fixed-old (old "
+                "components fixed, no magnitude rescaling)")
+    fixed_old_scale: Literal["learned", "one"] = option(
+        "learned", "fixed-old: an old component keeps the magnitude it ended its task with, or 1 (Table 4's literal "
+                   "formula)")
 
 
 @dataclass
@@ -64,14 +91,15 @@ class SDLoRARRConfig(SDLoRAConfig):
     rank_mu: int = option(8, "rank of the components of tasks mu..nu-1", ge=1)
     rank_nu: int = option(6, "rank of the components of tasks nu, nu+1, ...", ge=1)
     mu: int = option(4, "0-indexed task where the rank first drops (the official code's convention)", ge=0)
-    nu: int = option(8, "0-indexed task where the rank drops the second time", ge=0)
+    nu: int = option(8, "0-indexed task where the rank drops again (at least mu)", ge=0)
 
 
 @dataclass
 class SDLoRAKDConfig(SDLoRAConfig):
     tau: float = option(9e-4, "absorb when the relative (unsquared) fitting residual is at most this", ge=0)
-    kd_scale_by_alpha_t: bool = option(True, "absorb α_t·Δα (function-preserving); false: Δα (paper text)")
-    kd_per_projection: bool = option(False, "fit, test and absorb per block/projection (LibContinual reading)")
+    kd_scale_by_alpha_t: bool = option(True, "absorb alpha_t x delta (function-preserving); false: delta alone "
+                                             "(the paper's text)")
+    kd_per_projection: bool = option(False, "fit, test and absorb per block and projection (LibContinual reading)")
 
 
 @register_method("sdlora")
@@ -88,6 +116,9 @@ class SDLoRA(CLMethod):
         super().__init__(cfg, backbone, info)
         if cfg.rank < 1:
             raise ConfigError(f"method.rank must be at least 1, got {cfg.rank}.")
+        if cfg.ablation != "none" and type(self) is not SDLoRA:
+            raise ConfigError(f"method.ablation={cfg.ablation} is an ablation of sdlora (the paper's Table 4); "
+                              f"run it with --methods sdlora, or set method.ablation=none.")
         self.official = cfg.mode == "official"
         self.init_magnitude = cfg.init_magnitude if cfg.init_magnitude is not None else (0.8 if self.official else 1.0)
         self.reset_magnitudes = cfg.reset_magnitudes if cfg.reset_magnitudes is not None else self.official
@@ -136,25 +167,36 @@ class SDLoRA(CLMethod):
 
     # ---------------------------------------------------------------- hooks
     def before_task(self, ctx) -> None:
-        if self.adapter.A is not None:
+        ablation, ad = self.cfg.ablation, self.adapter
+        keep = ablation == "one-component" and ad.A is not None  # the one component trains on
+        if ad.A is not None and not keep:
             self._freeze_current()
-        device = self.adapter.frozen_A.device
-        rank = self.rank_for(ctx.index)
-        old = self.magnitudes.detach()
+        add = not keep and (ablation != "first-direction" or ctx.index == 0)
+        device = ad.frozen_A.device
+        rank = self.rank_for(ctx.index) if add else ad.rank
+        kept = self.magnitudes.detach()[:len(ad.frozen_ranks) + keep]  # merged (fixed-old) ones are gone
+        new = torch.full((int(add),), self.init_magnitude, device=device)
         if self.reset_magnitudes:
-            values = torch.full((len(self.ranks) + 1,), self.init_magnitude, device=device)
+            values = torch.full((len(kept) + int(add),), self.init_magnitude, device=device)
             if self.offsets is not None:
                 self.offsets.zero_()
         else:
-            values = torch.cat([old.to(device), torch.full((1,), self.init_magnitude, device=device)])
+            values = torch.cat([kept.to(device), new])
         self.magnitudes = nn.Parameter(values)
-        self.adapter.add_branch(rank)
+        if add:
+            ad.add_branch(rank)
         self.head.grow(ctx.hi)
         self._log = {"mode": self.cfg.mode, "rank": rank}
+        if ablation != "none":
+            self._log["ablation"] = ablation
 
     @torch.no_grad()
     def _freeze_current(self) -> None:
         ad = self.adapter
+        if self.cfg.ablation == "fixed-old":  # fixed for good: merged into the weights with a fixed scale
+            scale = float(self.magnitudes[-1]) if self.cfg.fixed_old_scale == "learned" else 1.0
+            ad.freeze_current(norm=self._direction_norm(ad.A, ad.B), merge=True, scale=scale)
+            return
         ad.freeze_current(norm=self._direction_norm(ad.A, ad.B))
         component = torch.full((ad.frozen_ranks[-1],), len(ad.frozen_ranks) - 1, dtype=torch.long,
                                device=self.column_component.device)
@@ -164,6 +206,7 @@ class SDLoRA(CLMethod):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         params = [self.adapter.A, self.adapter.B, self.magnitudes, self.head.weight, self.head.bias]
+        # (first-direction after task 1: no current factors, the one magnitude and the head)
         return [{"params": [p for p in params if p is not None and p.requires_grad]}]
 
     def training_step(self, x: Tensor, y: Tensor, ctx) -> StepOutput:
@@ -188,9 +231,9 @@ class SDLoRA(CLMethod):
 
     @property
     def ranks(self) -> list[int]:
-        """Rank of every component (frozen, then current), as the adapter holds them."""
+        """Rank of every component (merged into the weights by fixed-old, frozen, then current)."""
         ad = self.adapter
-        return ad.frozen_ranks + ([ad.rank] if ad.A is not None else [])
+        return ad.merged_ranks + ad.frozen_ranks + ([ad.rank] if ad.A is not None else [])
 
     # ---------------------------------------------------------------- least-squares fit
     @torch.no_grad()

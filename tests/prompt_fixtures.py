@@ -13,7 +13,7 @@ SMALL = {
     "l2p": dict(pool_size=6, prompt_length=2, top_k=2),
     "dualprompt": dict(g_length=2, e_length=3, pool_size=4),
     "coda-prompt": dict(pool_size=12, prompt_length=4),
-    "hide-prompt": dict(length=3, n_centroids=2, align_epochs=2),
+    "hide-prompt": dict(length=3, n_centroids=2, align_epochs=2, tii_epochs=2),
 }
 
 

@@ -40,3 +40,28 @@ def test_bundled_embedded_weights_load():
 def test_unknown_backbone_suggests():
     with pytest.raises(RegistryError, match="Unknown backbone 'vit_base_patch16_2244'.*Did you mean"):
         create_backbone(BackboneConfig(name="vit_base_patch16_2244"))
+
+
+def test_dino_tags_resolve_to_timms_dino_vit_b16():
+    """The SD-LoRA Fig. 5 backbone: the full tag, and the deprecated name the SD-LoRA code uses."""
+    from clbench.backbones import _resolve_spec
+    from clbench.weights import pretrained_identity
+
+    for name in ("vit_base_patch16_224.dino", "vit_base_patch16_224_dino"):
+        assert _resolve_spec(name) == ("vit_base_patch16_224.dino", {}, None)
+    assert pretrained_identity("vit_base_patch16_224.dino") == ("vit_base_patch16_224.dino",
+                                                                "timm/vit_base_patch16_224.dino")
+    bb = create_backbone(BackboneConfig(name="vit_base_patch16_224_dino", weights="none"))
+    assert (bb.depth, bb.embed_dim, bb.weights.tag) == (12, 768, "vit_base_patch16_224.dino")
+
+
+def test_dino_presets_cover_fig5_for_every_method():
+    import clbench.benchmarks  # noqa: F401
+    from clbench.presets import PRESETS
+
+    dino = {(p.method, p.benchmark, p.when["n_tasks"]) for p in PRESETS if p.name == "dino"}
+    methods = {"l2p", "dualprompt", "coda-prompt", "hide-prompt", "inflora-b5", "sdlora", "sdlora-rr", "sdlora-kd"}
+    assert dino == {(m, b, n) for m in methods for b, n in (("imagenet_a", 10), ("imagenet_r", 10), ("imagenet_r", 5))}
+    for p in PRESETS:
+        if p.name == "dino":
+            assert p.values["backbone.name"] == "vit_base_patch16_224.dino" and p.reported is None

@@ -1,10 +1,11 @@
 """HiDe-Prompt: class statistics, both alignments, prompt momentum, contrastive term, TII."""
 
+import pytest
 import torch
 from torch.nn import functional as F
 
 from clbench.experiment import execute, plan
-from clbench.methods.hide_prompt import centroid_statistics
+from clbench.methods.hide_prompt import JOINT_REASON, centroid_statistics
 
 from conftest import TINY
 from clbench.testing import task_tensors, tensor_stream
@@ -103,6 +104,66 @@ def test_runs_end_to_end_with_both_alignment_phases(tmp_path):
     (run,) = plan(["hide-prompt"], "shapes", [1], None, overrides)
     record = execute(run)
     first, second = record["tasks"]
-    assert "tii_ce" in first["train_logs"] and "tap/loss" not in first["train_logs"]
-    assert {"tii-align/loss", "tap/loss", "contrast"} <= set(second["train_logs"])
+    assert "tii/loss" in first["train_logs"] and "tii_ce" not in first["train_logs"]  # the TII stage
+    assert "tap/loss" not in first["train_logs"]
+    assert {"tii/loss", "tii-align/loss", "tap/loss", "contrast"} <= set(second["train_logs"])
     assert 0 <= second["method_log"]["tii_task_acc"] <= 100 and len(second["method_log"]["tii_task_acc_per_task"]) == 2
+
+
+def _tii_state(method):
+    return [p.detach().clone() for p in method.tii_parameters()]
+
+
+def test_tii_stage_trains_only_the_tii_before_the_prompt_stage_with_its_own_lr_and_epochs():
+    method, info = build("hide-prompt", tii_epochs=3, tii_lr=1e-3, tii_optimizer="adam")
+    events, snapshots = [], {}
+    tii_loss, groups = method.tii_loss, method.parameter_groups
+
+    def logged_tii_loss(*args):
+        events.append("tii")
+        return tii_loss(*args)
+
+    def logged_groups():  # the engine asks for the main groups right after the pre-training phases
+        events.append("main groups")
+        snapshots["after_stage"] = _tii_state(method)
+        return groups()
+
+    method.tii_loss, method.parameter_groups = logged_tii_loss, logged_groups
+    before = [p.detach().clone() for p in method.tii_mlp.parameters()]  # (the head grows at the task start)
+    (result,) = run_tasks(method, 1, steps=2)  # one batch per epoch: 3 TII steps, then 2 prompt steps
+    assert events == ["tii"] * 3 + ["main groups"]  # before the main loop, and not in it
+    phase = method.pre_training_phases(task_ctx(info, 0))[0]
+    assert (phase.name, phase.epochs) == ("tii", 3)
+    assert phase.train == {"optimizer": "adam", "lr": 1e-3, "schedule": "constant", "weight_decay": 0.0,
+                           "grad_clip": 1.0}
+    # an Adam step moves a parameter by about lr at most: 3 steps at lr 1e-3 (train.lr here is 0.05)
+    moved = max((a - b).abs().max() for a, b in zip(snapshots["after_stage"], before))  # the MLP comes first
+    assert 2e-3 < moved < 3.3e-3
+    assert all(torch.equal(a, b) for a, b in zip(_tii_state(method), snapshots["after_stage"]))  # main: frozen TII
+    assert not any(p in {id(q) for q in method.tii_parameters()} for g in groups() for p in map(id, g["params"]))
+    assert "tii/loss" in result["train_logs"] and "tii_ce" not in result["train_logs"]
+    assert not method.noncomparable
+
+
+def test_joint_schedule_is_the_earlier_single_loop_and_marks_the_run():
+    method, info = build("hide-prompt", tii_schedule="joint", tii_lr_scale=0.25, reg=0.3)
+    task = task_ctx(info, 0)
+    method.before_task(task)
+    assert method.pre_training_phases(task) == [] and method.noncomparable == [JOINT_REASON]
+    groups = method.parameter_groups()
+    assert groups[-1]["lr_scale"] == 0.25 and groups[-1]["params"] == method.tii_parameters()
+    out = method.training_step(task.x, task.y, task)
+    tii_ce = F.cross_entropy(method.tii_logits(method.query(task.x))[:, 0:2], task.y)
+    contrast = method.contrastive(method.features(task.x, method.training_prompt(0).unsqueeze(1), 0))
+    torch.testing.assert_close(out.loss, tii_ce + 0.3 * contrast)
+    assert list(out.logs) == ["tii_ce", "contrast"]
+
+
+@pytest.mark.parametrize("schedule", ["stage", "joint"])
+def test_tii_schedule_is_validated_and_recorded(schedule, tmp_path):
+    overrides = TINY + [("benchmark.n_classes", 4), ("benchmark.n_tasks", 2), ("engine.output_dir", str(tmp_path)),
+                        ("method.tii_schedule", schedule), ("method.tii_epochs", 1), ("method.align_epochs", 1)]
+    (run,) = plan(["hide-prompt"], "shapes", [1], None, overrides)
+    record = execute(run)
+    assert record["config"]["method"]["tii_schedule"] == schedule
+    assert record["comparable"] is (schedule == "stage")

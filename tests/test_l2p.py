@@ -1,6 +1,11 @@
 """L2P: key matching, the surrogate term, the prompt-token head, prompt masking."""
 
+import pytest
 import torch
+
+from clbench.adapters import PromptTokens
+from clbench.errors import ConfigError
+from clbench.testing import separable_images
 
 from prompt_fixtures import build, task_ctx
 
@@ -53,3 +58,40 @@ def test_prompt_mask_trains_the_task_slots_and_shared_pool_copies_them():
     beyond, info4 = build("l2p", n_tasks=4, pool_size=6, top_k=2, prompt_mask=True)
     beyond.before_task(task_ctx(info4, 3))  # slots 6-7 do not exist: key matching, as officially
     assert beyond._forced is None
+
+
+def _block0_inputs(method, x, idx):
+    """What block 0 receives in L2P's prompted forward of prompts ``idx``."""
+    seen = []
+    handle = method.backbone.vit.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        method.features(x, idx)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_cls_prompt_position_adds_the_cls_position_embedding_to_every_prompt_token():
+    method, _ = build("l2p", pool_size=6, top_k=2, prompt_length=3, prompt_pos_embed="cls")
+    plain, _ = build("l2p", pool_size=6, top_k=2, prompt_length=3)  # same seed: same prompts and backbone
+    vit = method.backbone.vit
+    x, idx = separable_images(0, 3, 1, 16, 0)[0], torch.tensor([[0, 5], [1, 2], [4, 3]])
+    with torch.no_grad():
+        vit.pos_embed[:, 0] += 0.5  # a clearly non-zero [CLS] position embedding
+        plain.backbone.vit.pos_embed.copy_(vit.pos_embed)
+    prompts = method.prompts[idx].flatten(1, 2)
+    seq = _block0_inputs(method, x, idx)  # [CLS, prompts, patches]
+    torch.testing.assert_close(seq[:, 1:7], prompts + vit.pos_embed[:, :1])
+    torch.testing.assert_close(_block0_inputs(plain, x, idx)[:, 1:7], prompts)  # 'none': no position embedding
+    torch.testing.assert_close(seq[:, 7:], _block0_inputs(plain, x, idx)[:, 7:])  # patches unchanged
+    assert not torch.allclose(method.features(x, idx), plain.features(x, idx))
+    with torch.no_grad():  # without a [CLS] position embedding the two settings are one
+        vit.pos_embed[:, 0] = 0
+        plain.backbone.vit.pos_embed[:, 0] = 0
+    assert torch.equal(method.features(x, idx), plain.features(x, idx))
+
+    no_cls_pos = build("l2p", pool_size=6, top_k=2)[0].backbone
+    no_cls_pos.vit.no_embed_class = True
+    with pytest.raises(ConfigError, match="prompt_pos_embed=none"):
+        PromptTokens(no_cls_pos, position="cls")
+

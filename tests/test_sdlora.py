@@ -352,3 +352,103 @@ def test_kd_absorbs_at_exactly_the_residual_threshold_and_not_above_it():
         decisions[below] = m.task_log()["kd"]
     assert decisions[False]["absorbed"] and decisions[False]["residual"] == decisions[False]["tau"]
     assert not decisions[True]["absorbed"] and decisions[True]["residual"] > decisions[True]["tau"]
+
+
+# ------------------------------------------------------------------ Table 4 ablations
+def trainable(m):
+    return {id(p) for g in m.parameter_groups() for p in g["params"]}
+
+
+def check_forward(m, bb, expected):
+    torch.testing.assert_close(bb(X), expected, atol=1e-5, rtol=1e-5)
+    m.eval()
+    with m.eval_context():
+        torch.testing.assert_close(bb(X), expected, atol=1e-5, rtol=1e-5)  # merged for evaluation
+    m.train()
+
+
+@pytest.mark.parametrize("mode", ["official", "paper"])
+def test_ablation_first_direction_trains_only_the_first_components_magnitude_after_task_one(mode):
+    bb = tiny_vit()
+    plain = copy.deepcopy(bb)
+    m = make("sdlora", bb, rank=3, mode=mode, ablation="first-direction")
+    m.before_task(task(0))
+    assert trainable(m) == {id(p) for p in (m.adapter.A, m.adapter.B, m.magnitudes, m.head.weight, m.head.bias)}
+    A0, B0 = train_randomly(m, 0, magnitudes=[1.7])
+    m.after_task(task(0))
+    norm = official_norm if mode == "official" else paper_norm
+    for t in (1, 2):
+        m.before_task(task(t))
+        assert m.adapter.A is None and m.ranks == [3] and m.magnitudes.shape == (1,)  # no new component
+        assert trainable(m) == {id(p) for p in (m.magnitudes, m.head.weight, m.head.bias)}
+        carried = 0.8 if mode == "official" else 1.7  # the mode's magnitude rule still applies
+        assert m.magnitudes.item() == pytest.approx(carried if t == 1 else m.magnitudes.item())
+        with torch.no_grad():
+            m.magnitudes.fill_(0.5 + t)
+        check_forward(m, bb, dense_reference(plain, [(lambda l, p, A, B: (0.5 + t) / norm(A, B), A0, B0)])(X))
+        m.training_step(X, None, task(t)).logits.square().sum().backward()
+        assert m.magnitudes.grad.abs().item() > 0 and m.adapter.frozen_B.grad is None
+        m.magnitudes.grad = None
+        m.after_task(task(t))
+    assert m.task_log()["ablation"] == "first-direction" and m.task_log()["n_components"] == 1
+
+
+@pytest.mark.parametrize("mode", ["official", "paper"])
+def test_ablation_one_component_trains_the_same_factors_and_magnitude_on_every_task(mode):
+    bb = tiny_vit()
+    plain = copy.deepcopy(bb)
+    m = make("sdlora", bb, rank=3, mode=mode, ablation="one-component")
+    m.before_task(task(0))
+    A, B = m.adapter.A, m.adapter.B
+    train_randomly(m, 0, magnitudes=[1.4])
+    m.after_task(task(0))
+    m.before_task(task(1))
+    assert m.adapter.A is A and m.adapter.B is B and m.adapter.frozen_rank == 0 and m.ranks == [3]
+    assert trainable(m) == {id(p) for p in (A, B, m.magnitudes, m.head.weight, m.head.bias)}
+    assert m.magnitudes.item() == pytest.approx(0.8 if mode == "official" else 1.4)
+    A1, B1 = train_randomly(m, 1, magnitudes=[1.1])
+    current = (lambda l, p, A, B: 1.1) if mode == "official" else (lambda l, p, A, B: 1.1 / paper_norm(A, B))
+    check_forward(m, bb, dense_reference(plain, [(current, A1, B1)])(X))
+    m.training_step(X, None, task(1)).logits.square().sum().backward()
+    assert A.grad.abs().sum() > 0 and B.grad.abs().sum() > 0 and m.magnitudes.grad.abs().item() > 0
+
+
+@pytest.mark.parametrize("scale", ["learned", "one"])
+def test_ablation_fixed_old_merges_old_components_with_fixed_scales_and_trains_only_the_current(scale):
+    bb = tiny_vit()
+    plain = copy.deepcopy(bb)
+    m = make("sdlora", bb, rank=2, ablation="fixed-old", fixed_old_scale=scale)
+    raw, learned = [], [1.7, 1.3, 0.9]
+    for t in range(3):
+        m.before_task(task(t))
+        assert m.magnitudes.shape == (1,) and m.adapter.frozen_rank == 0  # old ones are not magnitudes any more
+        assert trainable(m) == {id(p) for p in (m.adapter.A, m.adapter.B, m.magnitudes, m.head.weight, m.head.bias)}
+        raw.append(train_randomly(m, t, magnitudes=[learned[t]]))
+        m.after_task(task(t))
+    fixed = [(lambda l, p, A, B, k=k: (learned[k] if scale == "learned" else 1.0) / official_norm(A, B), *raw[k])
+             for k in range(2)]
+    check_forward(m, bb, dense_reference(plain, fixed + [(lambda *a: learned[2], *raw[2])])(X))
+    assert m.ranks == [2, 2, 2] and m.adapter.merged_ranks == [2, 2]
+    m.training_step(X, None, task(2)).logits.square().sum().backward()
+    assert all(p.grad is None for p in bb.parameters())  # the merged old components are weights: frozen
+    restored = make("sdlora", copy.deepcopy(plain), rank=2, ablation="fixed-old", fixed_old_scale=scale)
+    for t in range(3):
+        restored.before_task(task(t))
+    restored.load_state_dict(m.state_dict())  # the merged components are re-merged from the state
+    torch.testing.assert_close(restored.backbone(X), bb(X), atol=1e-6, rtol=1e-6)
+
+
+def test_ablations_belong_to_sdlora_and_table4_presets_carry_the_paper_numbers():
+    from clbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ablation of sdlora"):
+        make("sdlora-rr", tiny_vit(), ablation="fixed-old")
+    table4 = {(p.name, p.when["n_tasks"]): p for p in PRESETS if p.method == "sdlora" and p.name.startswith("table4")}
+    assert {name for name, _ in table4} == {"table4-first-direction", "table4-one-component", "table4-fixed-old"}
+    assert table4[("table4-first-direction", 5)].reported.acc == 78.17
+    assert table4[("table4-one-component", 10)].reported.aaa == 76.32
+    for preset in table4.values():
+        assert preset.values["method.ablation"] == preset.name.removeprefix("table4-")
+        paper = next(p for p in PRESETS if p.name == "paper" and p.method == "sdlora" and p.benchmark == "imagenet_r"
+                     and p.when == preset.when)
+        assert {k: v for k, v in preset.values.items() if k != "method.ablation"} == paper.values

@@ -5,8 +5,11 @@ injections own no parameters: the method feeds them for one forward with
 ``with injection.using(value): backbone(x)``, and their hooks are idle outside.
 
 * :class:`PromptTokens`: tokens (B or 1, L, D) inserted after the prefix tokens ([CLS],
-  registers) at the output of ``vit.norm_pre``, before the patches; they get no position
-  embedding (L2P's JAX code).
+  registers) at the output of ``vit.norm_pre``, before the patches. ``position='none'``: they
+  get no position embedding (L2P's JAX code, google-research/l2p ``models/vit.py``);
+  ``position='cls'``: each gets a copy of the [CLS] position embedding (the PyTorch ports,
+  JH-LEE-KR/l2p-pytorch ``vision_transformer.py``, which widens the position table by
+  repeating the [CLS] entry for the prompt slots; LAMDA-PILOT's L2P follows it).
 * :class:`KVPrefixes`: ``{block: (keys, values)}``, each (B or 1, Lp, attn_dim) in timm's
   head-major layout (head h owns columns ``h*head_dim:(h+1)*head_dim``); the block's queries
   attend to the prefix tokens in addition to the sequence, whose length is unchanged. timm's
@@ -15,13 +18,14 @@ injections own no parameters: the method feeds them for one forward with
   ``[0 | keys | values]``, and the placeholder rows are dropped again before ``proj``.
 
 :func:`prompts_suspended` idles every prompt injection of a backbone (the query pass). A new
-prompt-like injection (tokens with a position embedding, tokens after the patches, per-block
+prompt-like injection (tokens after the patches, per-block
 deep prompts) subclasses :class:`PromptInjection` the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,14 +85,38 @@ def check_no_rope(backbone: Backbone, why: str) -> None:
             f"prompt methods, or a method that adapts weights (e.g. lora, sdlora, inflora) on this backbone.")
 
 
-class PromptTokens(PromptInjection):
-    """Prompt tokens after the prefix tokens, before the patches (hook on ``vit.norm_pre``)."""
+PROMPT_POSITIONS = ("none", "cls")
 
-    def __init__(self, backbone: Backbone):
+
+class PromptTokens(PromptInjection):
+    """Prompt tokens after the prefix tokens, before the patches (hook on ``vit.norm_pre``);
+    ``position='cls'`` adds the [CLS] position embedding to every prompt token."""
+
+    def __init__(self, backbone: Backbone, position: str = "none"):
         super().__init__(backbone)
         check_no_rope(backbone, "prompt tokens cannot be inserted before the patches")
+        if position not in PROMPT_POSITIONS:
+            raise ValueError(f"PromptTokens position must be one of {PROMPT_POSITIONS}, got {position!r}")
         self.num_prefix_tokens = backbone.num_prefix_tokens
-        self.hook("vit.norm_pre", self.module_at(backbone, "vit.norm_pre"), self._insert)
+        self.position = position
+        norm_pre = self.module_at(backbone, "vit.norm_pre")
+        self._vit = weakref.ref(backbone.vit)
+        if position == "cls":
+            self._cls_position()  # a backbone without one fails here, at build time
+        self.hook("vit.norm_pre", norm_pre, self._insert)
+
+    def _cls_position(self) -> Tensor:
+        """The [CLS] token's position embedding (1, 1, D), as the backbone adds it now."""
+        vit = self._vit()
+        pos = getattr(vit, "pos_embed", None)
+        if (not isinstance(pos, Tensor) or getattr(vit, "no_embed_class", False) or self.num_prefix_tokens < 1
+                or getattr(vit, "cls_token", None) is None):
+            raise ConfigError(
+                f"Prompt position 'cls' needs a [CLS] token with its own position embedding, but backbone "
+                f"'{self.backbone_tag}' has none (no cls_token, no pos_embed, or no_embed_class=True). Use "
+                f"method.prompt_pos_embed=none, or a ViT with a class-token position embedding "
+                f"(e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k).")
+        return pos[:, :1]
 
     def using(self, tokens: Tensor) -> contextlib.AbstractContextManager:
         """Forwards inside get ``tokens`` (B or 1, L, D)."""
@@ -99,8 +127,13 @@ class PromptTokens(PromptInjection):
         if tokens is None:
             return None
         n = self.num_prefix_tokens
+        if self.position == "cls":
+            tokens = tokens + self._cls_position().to(tokens.dtype)
         tokens = tokens.to(out.dtype).expand(out.shape[0], -1, -1)
         return torch.cat([out[:, :n], tokens, out[:, n:]], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"position={self.position}, {super().extra_repr()}"
 
 
 @dataclass

@@ -16,7 +16,9 @@ class EngineTaskContext:
     def __init__(self, task: Task, n_tasks: int, device: torch.device,
                  data_pass: Callable[[Task, bool, bool, str], Iterator[tuple[torch.Tensor, torch.Tensor]]],
                  all_reduce: Callable[[torch.Tensor], torch.Tensor],
-                 autocast: Callable[[], contextlib.AbstractContextManager]):
+                 autocast: Callable[[], contextlib.AbstractContextManager],
+                 training_epoch: Callable[[Task, int, int | None], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+                 | None = None):
         self.task = task
         self.index = task.index
         self.lo, self.hi = task.lo, task.hi
@@ -24,10 +26,16 @@ class EngineTaskContext:
         self.device = device
         self.stage = "train"
         self._data_pass, self._all_reduce, self._autocast = data_pass, all_reduce, autocast
+        self._training_epoch = training_epoch
 
     def batches(self, augment: bool = False, cumulative: bool = False,
                 description: str = "data pass") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._data_pass(self.task, augment, cumulative, description)
+
+    def training_batches(self, epoch: int, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._training_epoch is None:
+            raise RuntimeError("this task context has no training data loader")
+        return self._training_epoch(self.task, epoch, batch_size)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return self._all_reduce(tensor)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from ..config import RunConfig, apply_values, check_options
 from ..data.stream import ClassIncrementalStream, Task
@@ -118,6 +119,7 @@ class Trainer:
         self.loaders = Loaders(self.dist, self.device, cfg.engine.num_workers, cfg.seed * 1000 + self.dist.rank)
         self.loop = Loop(self.dist, self.progress, self.stop, self.autocast, self.checkpoint.every)
         self.trained: dict[int, torch.Tensor] = {}  # parameters optimised in the current task (by identity)
+        self._task_loaders: dict[tuple[int, int], DataLoader] = {}  # (task index, global batch) -> training loader
 
     # ------------------------------------------------------------------ services
     def autocast(self):
@@ -126,7 +128,7 @@ class Trainer:
     def context(self, task: Task) -> EngineTaskContext:
         """The :class:`~clbench.methods.base.TaskContext` the method's hooks get for ``task``."""
         return EngineTaskContext(task, self.stream.n_tasks, self.device, self.data_pass, self.dist.all_reduce,
-                                 self.autocast)
+                                 self.autocast, self.training_epoch)
 
     def data_pass(self, task: Task, augment: bool, cumulative: bool, description: str) -> Iterator:
         data = self.stream.train_data(task.index, cumulative=cumulative, augment=augment)
@@ -136,6 +138,25 @@ class Trainer:
             yield batch
             self.progress.advance(bar)
         self.progress.done(bar)
+
+    def task_loader(self, task: Task, batch_size: int) -> DataLoader:
+        """The shuffled, augmented training loader of ``task`` at global ``batch_size`` (kept
+        for the task, so the main training and phases share its workers)."""
+        world = self.dist.world_size
+        if batch_size % world:
+            raise ConfigError(f"The global batch ({batch_size}: train.batch_size, or a phase's batch size option) must "
+                              f"be divisible by the number of processes ({world}).")
+        key = (task.index, batch_size)
+        if key not in self._task_loaders:
+            data = self.stream.train_data(task.index, cumulative=self.method.cumulative_data, augment=True)
+            seed = (self.cfg.seed * 1000 + task.index) * 1000  # epoch e's order: randperm seeded seed + e
+            loader = self.loaders.training(data, batch_size // world, seed, self.train_cfg.drop_last)
+            self._task_loaders[key] = loader
+        return self._task_loaders[key]
+
+    def training_epoch(self, task: Task, epoch: int, batch_size: int | None = None) -> Iterator:
+        """Epoch ``epoch`` of ``task``'s training data on the device (``ctx.training_batches``)."""
+        return self.loaders.epoch(self.task_loader(task, batch_size or self.train_cfg.batch_size), epoch)
 
     # ------------------------------------------------------------------ state
     def rng_states(self) -> list[dict[str, Any]]:
@@ -212,6 +233,7 @@ class Trainer:
             self.train_main(ctx, progress, started, resume.at("main") if resume else None)
             method.after_task(ctx)
         self.run_phases("post", method.post_task_phases(ctx), ctx, progress, started, resume)
+        self._task_loaders.clear()  # the task's training workers end here
         self._check_ranks_agree(task)
         train_s = time.perf_counter() - started
         peak = peak_memory(self.device)
@@ -242,15 +264,10 @@ class Trainer:
         if not groups or epochs <= 0:
             return LoopResult({}, 0)
         self.note_trained(groups)
-        cfg, world = self.train_cfg, self.dist.world_size
-        if cfg.batch_size % world:
-            raise ConfigError(f"train.batch_size ({cfg.batch_size}) is the global batch; it must be divisible by "
-                              f"the number of processes ({world}).")
-        data = self.stream.train_data(ctx.index, cumulative=self.method.cumulative_data, augment=True)
-        seed = (self.cfg.seed * 1000 + ctx.index) * 1000  # epoch e's order: randperm seeded seed + e
-        loader = self.loaders.training(data, cfg.batch_size // world, seed, cfg.drop_last)
-        per_epoch = len(data) - (len(data) % cfg.batch_size if cfg.drop_last else 0)
-        progress["images"] = per_epoch * epochs  # images of the main training (efficiency record)
+        cfg = self.train_cfg
+        loader = self.task_loader(ctx.task, cfg.batch_size)
+        n = len(loader.dataset)
+        progress["images"] = (n - (n % cfg.batch_size if cfg.drop_last else 0)) * epochs  # (efficiency record)
         model = self.dist.wrap(self.method)
         spec = self.main_spec(ctx, model, groups, epochs, lr, milestones,
                               lambda e, skip: self.loaders.epoch(loader, e, skip), loader.batch_sampler.per_epoch)
