@@ -102,7 +102,7 @@ def test_run_help_names_the_sections_and_points_to_config():
 def test_list_method_shows_every_option_with_type_default_range_and_help():
     text = clbench("list", "--method", "l2p").stdout
     row = next(line for line in text.splitlines() if " pool_size " in line)
-    assert all(part in row for part in ("int", "10", ">= 1", "M prompts and keys"))
+    assert all(part in row for part in ("int", "10", ">= 1", "M prompts (and keys) in the pool"))
     assert "train.optimizer=adam" in text  # the training defaults the method sets
     from clbench.config import describe_options
     from clbench.registry import METHODS
@@ -115,7 +115,7 @@ def test_list_method_shows_every_option_with_type_default_range_and_help():
 def test_list_presets_filters_and_prints_conditions_and_missing_numbers(preset):
     text = clbench("list", "--presets", "--method", "lora", "--benchmark", "shapes").stdout
     row = next(line for line in text.splitlines() if "paperx" in line)
-    assert "n_tasks = 2" in row and row.count("—") == 2  # no reported Acc, no AAA
+    assert "n_tasks = 2" in row and row.count("—") == 3  # no reported Acc, no AAA, no efficiency
     assert not [line for line in text.splitlines() if " sdlora " in line or "imagenet_r" in line]
     everything = clbench("list", "--presets").stdout
     assert "imagenet_r" in everything and "paperx" in everything

@@ -174,7 +174,7 @@ def test_prompt_presets_resolve_and_cite_their_sources():
     presets = [p for p in PRESETS if p.method in PROMPT_METHODS]
     sections = {"train": TrainConfig(), "backbone": BackboneConfig(), "benchmark": BenchmarkConfig()}
     for p in presets:
-        assert p.source and p.name in ("default", "paper", "sdlora"), p
+        assert p.source and p.name in ("default", "paper", "sdlora", "dino"), p
         for dotted, value in p.values.items():
             section, _, key = dotted.partition(".")
             obj = METHODS.get(p.method).Config() if section == "method" else sections[section]

@@ -20,7 +20,8 @@ def make(**options):
     """RanPAC without a first session whose features are a fixed random projection of the pixels."""
     opts = {"petl": "none", "projection": 24, **options}
     m = RanPAC(apply_values(RanPAC.Config(), opts, "method"), tiny_vit(), INFO)
-    m.adapted_features = lambda x: x.flatten(1) @ PROJ
+    # computed in float64, then rounded: the same float32 features whatever the batch (threads, BLAS blocking)
+    m.adapted_features = lambda x: (x.flatten(1).double() @ PROJ.double()).float()
     return m
 
 

@@ -147,13 +147,13 @@ class KVPrefixes(PromptInjection):
 
     def __init__(self, backbone: Backbone, blocks: Sequence[int]):
         super().__init__(backbone)
-        check_no_rope(backbone, "key/value prefixes cannot join the attention")
         self.block_ids = sorted(set(blocks))
         modules = []
-        for b in self.block_ids:
+        for b in self.block_ids:  # the modules first: a ViT without them is the more basic error
             base = f"vit.blocks.{b}.attn"
             modules.append((base, self.module_at(backbone, base), backbone.qkv(b),
                             self.module_at(backbone, base + ".proj")))
+        check_no_rope(backbone, "key/value prefixes cannot join the attention")
         for b, (base, attn, qkv, proj) in zip(self.block_ids, modules):
             self.hook(base, attn, self._pad(b), kind="forward_pre", with_kwargs=True)
             self.hook(base + ".qkv", qkv, self._trim(b), kind="forward_pre")

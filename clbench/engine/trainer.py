@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import RunConfig, apply_values, check_options
+from ..config import RunConfig, TrainConfig, apply_values, check_options
 from ..data.stream import ClassIncrementalStream, Task
 from ..efficiency import peak_memory, reset_peak_memory, task_efficiency, trained_parameters
 from ..errors import ConfigError
@@ -329,7 +329,8 @@ class Trainer:
         """Run a method-declared optimisation (see :class:`clbench.methods.base.Phase`); under
         DDP each rank runs it on its own batches and the gradients are averaged."""
         cfg = apply_values(self.train_cfg, phase.train, f"{phase.name} phase: train")
-        check_options(cfg, f"{phase.name} phase: train")
+        # the phase's own values, on defaults: the run's values were checked when it was planned
+        check_options(apply_values(TrainConfig(), phase.train, f"{phase.name} phase: train"), f"{phase.name} phase: train")
 
         def epoch_batches(epoch: int, skip: int) -> Iterator[Batch]:
             batches = iter(phase.batches(epoch))
