@@ -89,6 +89,8 @@ class AperVPTConfig(VPTOptions):
 class AperAdapter(APER):
     """APER with AdaptFormer adapters (rank 64, scale 0.1) trained on the first task."""
 
+    display_name = "APER (Adapter)"
+
     Config = AperAdapterConfig
     petl_name = "adapter"
     defaults = {**SGD_COSINE, "train.epochs": 20, "train.lr": 0.01, "train.batch_size": 48}
@@ -97,6 +99,8 @@ class AperAdapter(APER):
 @register_method("aper-ssf")
 class AperSSF(APER):
     """APER with SSF (scale and shift after every linear map and norm) trained on the first task."""
+
+    display_name = "APER (SSF)"
 
     Config = AperSSFConfig
     petl_name = "ssf"
@@ -107,6 +111,8 @@ class AperSSF(APER):
 class AperVPTShallow(APER):
     """APER with 5 prompt tokens before the first block (VPT-shallow) trained on the first task."""
 
+    display_name = "APER (VPT-Shallow)"
+
     Config = AperVPTConfig
     petl_name = "vpt-shallow"
     defaults = {**SGD_COSINE, "train.epochs": 20, "train.lr": 0.01, "train.batch_size": 48}
@@ -116,6 +122,8 @@ class AperVPTShallow(APER):
 class AperVPTDeep(APER):
     """APER with 5 prompt tokens per block (VPT-deep) trained on the first task."""
 
+    display_name = "APER (VPT-Deep)"
+
     Config = AperVPTConfig
     petl_name = "vpt-deep"
     defaults = {**SGD_COSINE, "train.epochs": 5, "train.lr": 0.05, "train.batch_size": 16}
@@ -124,6 +132,8 @@ class AperVPTDeep(APER):
 @register_method("aper-finetune")
 class AperFinetune(APER):
     """APER with the whole backbone fine-tuned on the first task (a copy beside the pretrained one)."""
+
+    display_name = "APER (Finetune)"
 
     Config = MethodConfig
     petl_name = "finetune"

@@ -66,6 +66,8 @@ class EASEConfig(MethodConfig):
 class EASE(CLMethod):
     """EASE: one adapter set per task, concatenated subspace features, prototype complement."""
 
+    display_name = "EASE"
+
     Config = EASEConfig
     defaults = {"train.logit_mask": "current", "train.optimizer": "sgd", "train.momentum": 0.9,
                 "train.schedule": "cosine", "train.weight_decay": 5e-4}

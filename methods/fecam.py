@@ -78,6 +78,7 @@ def correlation(cov: Tensor) -> Tensor:
 class FeCAM(FirstSessionMethod):
     """Per-class means and shrunk, normalised covariances; Mahalanobis nearest class (training-free
     unless a first-session module is chosen)."""
+    display_name = "FeCAM"
 
     Config = FeCAMConfig
     defaults = {**SGD_COSINE, "train.epochs": 20, "train.lr": 0.01, "train.batch_size": 48}

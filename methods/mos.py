@@ -98,6 +98,8 @@ class MOSConfig(MethodConfig):
 class MOS(CLMethod):
     """MOS: merged task adapters, adapter retrieval with self-refinement, classifier alignment."""
 
+    display_name = "MOS"
+
     Config = MOSConfig
     defaults = {"train.logit_mask": "current", "train.optimizer": "sgd", "train.momentum": 0.9,
                 "train.schedule": "cosine", "train.weight_decay": 5e-4}

@@ -72,6 +72,7 @@ def ridge_scores(e: Tensor, v: Tensor, q_fit: Tensor, g_val: Tensor, q_val: Tens
 class RanPAC(FirstSessionMethod):
     """First-session adaptation, then a ridge head on ReLU random projections of the features,
     solved from accumulated Gram and class-feature matrices."""
+    display_name = "RanPAC"
 
     Config = RanPACConfig
     # official args/*_publish.csv (row 7): 20 epochs, batch 48, lr 0.01, wd 5e-4, SGD, cosine to 0

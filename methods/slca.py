@@ -51,6 +51,7 @@ class SLCAConfig(MethodConfig):
 class SLCA(CLMethod):
     """Full fine-tuning with a slow backbone, one linear head per task, classifier alignment on
     sampled class-wise Gaussians after each task."""
+    display_name = "SLCA"
 
     Config = SLCAConfig
     # the official code's module constants (GengDavid/SLCA models/slca.py, exps/slca_cifar.json)
