@@ -29,3 +29,19 @@ def tiny_vit(depth: int = 2, dim: int = 32, heads: int = 2, seed: int = 0) -> Ba
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4,
                             embed_dim=dim, depth=depth, num_heads=heads, num_classes=0)
     return Backbone(vit.eval(), "tiny", WeightsInfo("random", None, None))
+
+
+def spy_on_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float, float]]:
+    """Patch the engine's optimiser step to record (task index, loss, lr) of every step."""
+    from clbench.engine import loop as loop_module
+
+    seen: list[tuple[int, float, float]] = []
+    real = loop_module.Loop.step
+
+    def step(self, spec, hooks, optimizer, params, batch):
+        terms = real(self, spec, hooks, optimizer, params, batch)
+        seen.append((spec.task_index, float(terms["loss"].detach()), optimizer.param_groups[0]["lr"]))
+        return terms
+
+    monkeypatch.setattr(loop_module.Loop, "step", step)
+    return seen

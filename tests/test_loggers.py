@@ -8,30 +8,23 @@ import pytest
 import torch
 
 from clbench import metrics
-from clbench.engine import loop as loop_module
 from clbench.engine.loggers import RunLoggers, check_loggers, flat_config, wandb_mode
 from clbench.errors import ConfigError
 from clbench.experiment import execute, plan
+
+from conftest import spy_on_steps
 
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
     """A tiny run (3 tasks, 2 epochs) with every logger; the losses of its steps as the loop saw them."""
     out = tmp_path_factory.mktemp("logged")
-    losses = []
-    real = loop_module.Loop.step
-
-    def step(self, spec, hooks, optimizer, params, batch):
-        terms = real(self, spec, hooks, optimizer, params, batch)
-        losses.append((spec.task_index, float(terms["loss"].detach()), optimizer.param_groups[0]["lr"]))
-        return terms
-
     sets = [("benchmark.n_classes", 6), ("benchmark.n_tasks", 3), ("benchmark.train_per_class", 16),
             ("benchmark.test_per_class", 8), ("train.epochs", 2), ("train.batch_size", 16), ("train.lr", 0.02),
             ("train.schedule", "cosine"), ("engine.progress", False), ("engine.output_dir", str(out)),
             ("engine.loggers", "csv,tensorboard,wandb")]
     mp = pytest.MonkeyPatch()
-    mp.setattr(loop_module.Loop, "step", step)
+    losses = spy_on_steps(mp)
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         mp.delenv(var, raising=False)
     mp.setenv("WANDB_SILENT", "true")

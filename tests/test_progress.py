@@ -15,7 +15,7 @@ from clbench.engine.trainer import Trainer
 from clbench.methods import CLMethod, StepOutput, StreamInfo
 from clbench.testing import run_config, tensor_stream
 
-from conftest import tiny_vit
+from conftest import spy_on_steps, tiny_vit
 
 INFO = StreamInfo(4, ((0, 2), (2, 4)))
 LINE = re.compile(r"^task (\d)/2 train · epoch (\d)/3 · loss (\d+\.\d{4}) · lr (\S+) · (\d+) img/s · "
@@ -49,15 +49,7 @@ def _trainer(console, steps_per_epoch=3, epochs=3, enabled=True):
 
 
 def test_a_piped_run_prints_one_line_per_epoch_with_loss_lr_speed_and_etas(monkeypatch):
-    losses = []
-    real = loop_module.Loop.step
-
-    def step(self, spec, hooks, optimizer, params, batch):
-        terms = real(self, spec, hooks, optimizer, params, batch)
-        losses.append((spec.task_index, float(terms["loss"].detach()), optimizer.param_groups[0]["lr"]))
-        return terms
-
-    monkeypatch.setattr(loop_module.Loop, "step", step)
+    losses = spy_on_steps(monkeypatch)
     out = io.StringIO()
     _trainer(Console(file=out, width=300, force_terminal=False)).fit()
     lines = out.getvalue().splitlines()
