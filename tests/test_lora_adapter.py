@@ -37,7 +37,7 @@ def test_fused_looped_and_merged_agree_with_mixed_ranks(targets, blocks):
     plain = copy.deepcopy(bb)
     ad = QKVLowRank(bb, blocks=blocks, targets=targets)
     L, P, d = len(ad.block_ids), len(targets), ad.d_in
-    raw, norms = [], []
+    raw = []
     for task, rank in enumerate([4, 2, 3]):
         A, B = random_branch(L, P, rank, d, task)
         ad.add_branch(rank, A, B)
