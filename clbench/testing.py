@@ -75,6 +75,9 @@ class InMemoryTask:
     def all_reduce(self, tensor: Tensor) -> Tensor:
         return tensor
 
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        return tensor
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 

@@ -91,6 +91,11 @@ class TaskContext(Protocol):
         """Sum a statistic over ranks (a no-op in a single process)."""
         ...
 
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        """Every rank's rows of ``tensor``, concatenated in rank order (the tensor itself in a
+        single process): for per-sample values a method needs whole, e.g. a task's features."""
+        ...
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's autocast context (bf16 on CUDA, nothing on CPU)."""
         ...

@@ -9,15 +9,17 @@ Learning", NeurIPS 2023; official code ``RanPAC/RanPAC``).
   ``projection``, 10000). Every task's training data (test transforms) is projected, h =
   ReLU(f W), and only the M×M Gram matrix G = Σ hᵀh and the M×K class-feature matrix
   Q = Σ hᵀy (one-hot y) are accumulated, in float64 on the compute device, summed over
-  ranks; no feature is stored.
+  ranks; no projected feature is kept.
 * The head is the ridge solution W_o = (G + λI)⁻¹ Q on all data seen so far (a linear solve,
   not an inverse). λ is chosen per task as the reference does: candidates 10^k,
   k = −8…8; the current task's data is split at random 80/20; the ridge is fitted on the 80%
   and λ* minimises the mean squared error of its outputs on the 20% (all K outputs). Here the
   split is a random mask drawn with the run's generator (the reference's is positional on a
-  shuffled loader), and the validation error is computed from the validation part's own Gram
-  and class-feature matrices (``tr(Wᵀ G_v W) − 2 tr(Wᵀ Q_v) + N_v``), so the search too
-  stores no features; one eigendecomposition of the fitting Gram serves all candidates.
+  shuffled loader). The search keeps the current task's backbone features (N×d, freed after
+  the task; the reference keeps the projected N×M ones) and needs one eigendecomposition for
+  all candidates: of the N_fit×N_fit kernel H_f H_fᵀ when the fitting part has fewer samples
+  than M (the usual case: W_λ = H_fᵀ(H_f H_fᵀ + λI)⁻¹Y_f, the same solution), else of the M×M
+  Gram matrix. Under DDP the features are gathered, so every rank scores the same λ.
 * ``head``: ``linear`` (official) scores h·W_o,c; ``cosine`` (LAMDA-PILOT, which keeps its
   ``CosineLinear``) scores cos(h, W_o,c), which drops the per-class norms of W_o and changes
   the decision rule. ``projection=0`` is the reference's "no RP" ablation: ridge on the
@@ -26,6 +28,7 @@ Learning", NeurIPS 2023; official code ``RanPAC/RanPAC``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,18 +57,34 @@ class RanPACConfig(FirstSessionConfig):
                                     "(the rest scores it)", gt=0, lt=1)
 
 
-def ridge_scores(e: Tensor, v: Tensor, q_fit: Tensor, g_val: Tensor, q_val: Tensor, n_val: float,
-                 lambdas: list[float]) -> list[float]:
-    """Validation sum of squared errors ‖H_v W_λ − Y_v‖² of W_λ = (G_fit + λI)⁻¹ Q_fit for
-    each λ, from G_fit = V diag(e) Vᵀ and the validation part's G_v = H_vᵀH_v, Q_v = H_vᵀY_v
-    and N_v = ‖Y_v‖² (one-hot rows)."""
-    a, b, c = v.t() @ q_fit, v.t() @ g_val @ v, v.t() @ q_val
-    e = e.clamp(min=0)  # G_fit is PSD; round-off may leave tiny negative eigenvalues
-    out = []
-    for lam in lambdas:
-        da = a / (e + lam)[:, None]  # Vᵀ W_λ
-        out.append(float((da * (b @ da)).sum() - 2 * (da * c).sum() + n_val))
-    return out
+def ridge_errors(project: Callable[[Tensor], Tensor], f_fit: Tensor, y_fit: Tensor, f_val: Tensor,
+                 y_val: Tensor, lambdas: list[float], chunk: int = 2048) -> list[float]:
+    """Validation sums of squared errors ‖H_v W_λ − Y_v‖² of the ridge fits
+    W_λ = (H_fᵀH_f + λI)⁻¹ H_fᵀY_f, one per λ, where H = ``project(f)`` (M wide) and Y are
+    one-hot rows. One eigendecomposition serves every λ: of the kernel H_f H_fᵀ when the
+    fitting part has fewer rows than M (W_λ = H_fᵀ U diag(1/(s+λ)) Uᵀ Y_f), else of the Gram
+    matrix H_fᵀH_f. H is built ``chunk`` columns (kernel) or rows (Gram) at a time."""
+    width = project(f_fit[:1]).shape[1]
+    if len(f_fit) < width:
+        kernel = f_fit.new_zeros(len(f_fit), len(f_fit))
+        cross = f_fit.new_zeros(len(f_val), len(f_fit))
+        for cols in torch.arange(width).split(chunk):
+            h_fit, h_val = project(f_fit, cols), project(f_val, cols)
+            kernel += h_fit @ h_fit.t()
+            cross += h_val @ h_fit.t()
+        s, u = torch.linalg.eigh(kernel)
+        left, right = cross @ u, u.t() @ y_fit
+    else:
+        gram, q_fit = f_fit.new_zeros(width, width), f_fit.new_zeros(width, y_fit.shape[1])
+        for rows in torch.arange(len(f_fit)).split(chunk):
+            h = project(f_fit[rows])
+            gram += h.t() @ h
+            q_fit += h.t() @ y_fit[rows]
+        s, u = torch.linalg.eigh(gram)
+        left = torch.cat([project(f_val[rows]) @ u for rows in torch.arange(len(f_val)).split(chunk)])
+        right = u.t() @ q_fit
+    s = s.clamp(min=0)  # PSD; round-off may leave tiny negative eigenvalues
+    return [float(((left @ (right / (s + lam)[:, None]) - y_val) ** 2).sum()) for lam in lambdas]
 
 
 @register_method("ranpac")
@@ -97,9 +116,13 @@ class RanPAC(FirstSessionMethod):
     def lambdas(self) -> list[float]:
         return [10.0 ** k for k in range(self.cfg.lambda_min_exp, self.cfg.lambda_max_exp + 1)]
 
-    def project(self, f: Tensor) -> Tensor:
-        """h = ReLU(f W) in the dtype of ``f`` (f itself when there is no projection)."""
-        return F.relu(f @ self.w_rand.to(f.dtype)) if self.cfg.projection else f
+    def project(self, f: Tensor, columns: Tensor | None = None) -> Tensor:
+        """h = ReLU(f W) in the dtype of ``f`` (f itself when there is no projection); only the
+        given ``columns`` of h when named."""
+        if not self.cfg.projection:
+            return f if columns is None else f[:, columns.to(f.device)]
+        w = self.w_rand if columns is None else self.w_rand[:, columns.to(self.w_rand.device)]
+        return F.relu(f @ w.to(f.dtype))
 
     def setup_projection(self, device: torch.device) -> None:
         """Draws W (from torch's global generator, on the CPU: the same on every rank and
@@ -114,31 +137,30 @@ class RanPAC(FirstSessionMethod):
         super().after_task(ctx)
         if self.gram.shape[0] != self.width:
             self.setup_projection(ctx.device)
-        m, n = self.width, ctx.hi - ctx.lo
-        g = torch.zeros(2, m, m, dtype=torch.float64, device=ctx.device)  # fitting, validation part
-        q = torch.zeros(2, m, n, dtype=torch.float64, device=ctx.device)
-        counts = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+        n = ctx.hi - ctx.lo
         split = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))  # the same on every rank
+        gram, targets = torch.zeros_like(self.gram), self.targets.new_zeros(self.width, n)
+        feats, labels, held_out = [], [], []
         for f, y in self.feature_batches(ctx, self.adapted_features, "random-projection statistics"):
-            h = self.project(f.double())
-            onehot = F.one_hot(y - ctx.lo, n).double()
-            val = (torch.rand(len(y), generator=split) >= self.cfg.lambda_fit).to(ctx.device)
-            for part, rows in enumerate((~val, val)):
-                hp = h[rows]
-                g[part] += hp.t() @ hp
-                q[part] += hp.t() @ onehot[rows]
-                counts[part] += rows.sum()
-        g, q, counts = ctx.all_reduce(g), ctx.all_reduce(q), ctx.all_reduce(counts)
-        self.gram += g[0] + g[1]
-        self.targets[:, ctx.lo:ctx.hi] += q[0] + q[1]
+            f = f.double()
+            h, onehot = self.project(f), F.one_hot(y - ctx.lo, n).double()
+            gram += h.t() @ h
+            targets += h.t() @ onehot
+            feats.append(f)
+            labels.append(onehot)
+            held_out.append((torch.rand(len(y), generator=split) >= self.cfg.lambda_fit).double().to(ctx.device))
+        self.gram += ctx.all_reduce(gram)
+        self.targets[:, ctx.lo:ctx.hi] += ctx.all_reduce(targets)
+        f, y, val = (ctx.all_gather(torch.cat(parts)) for parts in (feats, labels, held_out))
+        val = val.bool()
         lambdas = self.lambdas()
-        e, v = torch.linalg.eigh(g[0])
-        errors = ridge_scores(e, v, q[0], g[1], q[1], float(counts[1]), lambdas)
-        lam = lambdas[min(range(len(lambdas)), key=errors.__getitem__)] if counts[1] > 0 else lambdas[0]
+        n_fit, n_val = int((~val).sum()), int(val.sum())
+        errors = ridge_errors(self.project, f[~val], y[~val], f[val], y[val], lambdas) if n_val and n_fit else []
+        lam = lambdas[min(range(len(lambdas)), key=errors.__getitem__)] if errors else lambdas[0]
         self.weight = self.solve(lam, ctx.hi).float()
-        mse = [err / max(float(counts[1]) * self.info.n_classes, 1.0) for err in errors]
-        self._log = {"lambda": lam, "projection": self.cfg.projection, "width": m, "head": self.cfg.head,
-                     "lambda_fit_samples": int(counts[0]), "lambda_val_samples": int(counts[1]),
+        mse = [err / max(n_val * self.info.n_classes, 1) for err in errors]
+        self._log = {"lambda": lam, "projection": self.cfg.projection, "width": self.width, "head": self.cfg.head,
+                     "lambda_fit_samples": n_fit, "lambda_val_samples": n_val,
                      "lambda_val_mse": dict(zip((f"{x:g}" for x in lambdas), mse))}
 
     def solve(self, lam: float, seen: int) -> Tensor:

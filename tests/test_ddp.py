@@ -85,10 +85,13 @@ def test_two_processes_match_one_process(tmp_path):
     assert result.returncode != 0
     assert "After task 1 the ranks hold different values of ['prototypes.means']" in result.stderr, result.stderr[-3000:]
 
-    # RanPAC's Gram matrices are summed over ranks (the rank check passed); its λ split
-    # draws per shard, so only the statistics methods are compared with one process
+    # RanPAC's Gram matrices are summed over ranks (the rank check passed) and its λ search
+    # scores the features of both shards (the whole task); the split draws
+    # per shard, so only the statistics methods are compared with one process
     ranpac = json.loads(next((out / "shapes" / "ranpac").iterdir()).joinpath("record.json").read_text())
     assert ranpac["status"] == "complete" and ranpac["engine"]["world_size"] == 2
+    for t in ranpac["tasks"]:
+        assert t["method_log"]["lambda_fit_samples"] + t["method_log"]["lambda_val_samples"] == t["n_train"]
     cache = DataCache()
     # mos: its orthogonality loss is a contrast within each rank's batch, so it is compared for
     # agreement between the ranks only (the run completes: the trainer checks the ranks agree)

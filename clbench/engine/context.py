@@ -16,6 +16,7 @@ class EngineTaskContext:
     def __init__(self, task: Task, n_tasks: int, device: torch.device,
                  data_pass: Callable[[Task, bool, bool, str], Iterator[tuple[torch.Tensor, torch.Tensor]]],
                  all_reduce: Callable[[torch.Tensor], torch.Tensor],
+                 all_gather: Callable[[torch.Tensor], torch.Tensor],
                  autocast: Callable[[], contextlib.AbstractContextManager],
                  training_epoch: Callable[[Task, int, int | None], Iterator[tuple[torch.Tensor, torch.Tensor]]]
                  | None = None):
@@ -25,7 +26,7 @@ class EngineTaskContext:
         self.n_tasks = n_tasks
         self.device = device
         self.stage = "train"
-        self._data_pass, self._all_reduce, self._autocast = data_pass, all_reduce, autocast
+        self._data_pass, self._all_reduce, self._all_gather, self._autocast = data_pass, all_reduce, all_gather, autocast
         self._training_epoch = training_epoch
 
     def batches(self, augment: bool = False, cumulative: bool = False,
@@ -39,6 +40,9 @@ class EngineTaskContext:
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return self._all_reduce(tensor)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._all_gather(tensor)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return self._autocast()

@@ -38,6 +38,11 @@ class SingleProcess:
         """Sum ``tensor`` over ranks (in place) and return it."""
         return tensor
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The rows of ``tensor`` from every rank, concatenated in rank order (ranks may hold
+        different numbers of rows)."""
+        return tensor
+
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """The module that training steps call (DDP wraps it per task)."""
         return module
@@ -97,6 +102,14 @@ class Distributed(SingleProcess):
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         self._dist.all_reduce(tensor)
         return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        sizes = self.gather_objects(len(tensor))
+        padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+        padded[:len(tensor)] = tensor
+        parts = [torch.empty_like(padded) for _ in sizes]
+        self._dist.all_gather(parts, padded)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel

@@ -128,7 +128,7 @@ class Trainer:
     def context(self, task: Task) -> EngineTaskContext:
         """The :class:`~clbench.methods.base.TaskContext` the method's hooks get for ``task``."""
         return EngineTaskContext(task, self.stream.n_tasks, self.device, self.data_pass, self.dist.all_reduce,
-                                 self.autocast, self.training_epoch)
+                                 self.dist.all_gather, self.autocast, self.training_epoch)
 
     def data_pass(self, task: Task, augment: bool, cumulative: bool, description: str) -> Iterator:
         data = self.stream.train_data(task.index, cumulative=cumulative, augment=augment)
