@@ -74,10 +74,10 @@ def check_training_steps(cfg: RunConfig, stream: Any) -> None:
     a run in which a task's training data give no batch (none at all, or fewer samples than
     ``train.batch_size`` with ``train.drop_last``), instead of recording a run that did not train."""
     method_cls = METHODS.get(cfg.method)
-    if not method_cls.trains:
-        return
     train = cfg.train
     for task in stream.tasks:
+        if not method_cls.trains_on_task(cfg.method_cfg, task.index):
+            continue
         n = len(stream.train_data(task.index, cumulative=method_cls.cumulative_data, augment=False))
         if n == 0 or (train.drop_last and n < train.batch_size):
             fix = (f"--set train.batch_size={max(1, n)} or --set train.drop_last=false" if n else

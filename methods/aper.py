@@ -51,8 +51,9 @@ class APER(FirstSessionMethod):
         super().__init__(cfg, backbone, info)
         self.prototypes = Prototypes(2 * backbone.embed_dim)
 
-    def petl_kind(self) -> str:
-        return self.petl_name
+    @classmethod
+    def petl_kind(cls, cfg) -> str:
+        return cls.petl_name
 
     def features(self, x: Tensor) -> Tensor:
         """``[f_pretrained(x), f_adapted(x)]`` (B, 2d)."""

@@ -162,6 +162,13 @@ class CLMethod(nn.Module):
     #: stored features or statistics (see :mod:`clbench.efficiency`).
     weight_buffers: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def trains_on_task(cls, cfg: Any, index: int) -> bool:
+        """Whether the main training optimises anything on task ``index`` under the method's
+        options ``cfg`` (default: :attr:`trains`); the plan refuses a run in which such a task
+        gives no training batch."""
+        return cls.trains
+
     def __init__(self, cfg: MethodConfig, backbone: Backbone, info: StreamInfo):
         super().__init__()
         self.cfg = cfg

@@ -90,16 +90,22 @@ class FirstSessionMethod(CLMethod):
     def __init__(self, cfg: MethodConfig, backbone, info):
         super().__init__(cfg, backbone, info)
         self.freeze_backbone()
-        self.kind: str = self.petl_kind()
+        self.kind: str = self.petl_kind(cfg)
         self.petl = self.build_petl(self.kind)
         self.tuned = copy.deepcopy(backbone) if self.kind == "finetune" else None
         self.first_head: CosineLinear | None = None
         self.adapting = False
         self.first_session_log: dict[str, Any] = {}
 
-    def petl_kind(self) -> str:
-        """The module adapted on task 0."""
-        return self.cfg.petl
+    @classmethod
+    def petl_kind(cls, cfg: FirstSessionConfig) -> str:
+        """The module adapted on task 0 under options ``cfg``."""
+        return cfg.petl
+
+    @classmethod
+    def trains_on_task(cls, cfg: FirstSessionConfig, index: int) -> bool:
+        """Only task 0 trains, and only with a module to adapt (``petl=none`` trains nothing)."""
+        return index == 0 and cls.petl_kind(cfg) != "none"
 
     def build_petl(self, kind: str) -> nn.Module | None:
         """The injection for ``kind`` on the backbone (None for ``finetune`` and ``none``)."""

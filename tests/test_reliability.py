@@ -97,6 +97,21 @@ def test_a_run_that_would_not_train_is_refused(tmp_path):
     assert run.config.train.batch_size == 64
 
 
+def test_first_session_methods_are_checked_only_where_they_train(tmp_path):
+    """Task 0 of 4 classes (64 samples), then tasks of one class (16 samples), batch 32 with
+    drop_last: the later tasks give no step, which matters only for methods training there."""
+    small_late = [("benchmark.init_cls", 4), ("train.batch_size", 32), ("train.drop_last", "true")]
+    with pytest.raises(ConfigError, match=r"Task 2 of shapes has 16 training samples"):
+        _plan(tmp_path, *small_late, cache=DataCache())
+    _plan(tmp_path, *small_late, method="ranpac", cache=DataCache())  # trains task 0 only
+    big_batch = [("train.batch_size", 128), ("train.drop_last", "true")]
+    with pytest.raises(ConfigError, match=r"Task 1 of shapes has 32 training samples.*'ranpac'"):
+        _plan(tmp_path, *big_batch, method="ranpac", cache=DataCache())
+    _plan(tmp_path, *big_batch, method="fecam", cache=DataCache())  # petl=none (default): trains nothing
+    with pytest.raises(ConfigError, match=r"Task 1 of shapes .*'fecam'"):
+        _plan(tmp_path, *big_batch, ("fecam.petl", "adapter"), method="fecam", cache=DataCache())
+
+
 # ---------------------------------------------------------------------------- full disk, I/O errors
 
 class _FillingFile:
