@@ -164,9 +164,13 @@ class RanPAC(FirstSessionMethod):
                      "lambda_val_mse": dict(zip((f"{x:g}" for x in lambdas), mse))}
 
     def solve(self, lam: float, seen: int) -> Tensor:
-        """W_oᵀ = ((G + λI)⁻¹ Q)ᵀ over the first ``seen`` classes, float64."""
-        eye = torch.eye(self.gram.shape[0], dtype=self.gram.dtype, device=self.gram.device)
-        return torch.linalg.solve(self.gram + lam * eye, self.targets[:, :seen]).t()
+        """W_oᵀ = ((G + λI)⁻¹ Q)ᵀ over the first ``seen`` classes, float64: by Cholesky
+        (G + λI is symmetric positive definite; half the cost of LU), by LU where round-off
+        leaves it numerically indefinite (a tiny λ on a rank-deficient G)."""
+        a = self.gram + lam * torch.eye(self.gram.shape[0], dtype=self.gram.dtype, device=self.gram.device)
+        b = self.targets[:, :seen]
+        factor, info = torch.linalg.cholesky_ex(a)
+        return (torch.cholesky_solve(b, factor) if int(info) == 0 else torch.linalg.solve(a, b)).t()
 
     def predict(self, x: Tensor) -> Tensor:
         f = self.adapted_features(x)

@@ -146,3 +146,15 @@ def test_an_empty_lambda_range_is_a_config_error():
 
     with pytest.raises(ConfigError, match="lambda_min_exp"):
         make(lambda_min_exp=3, lambda_max_exp=2)
+
+
+def test_the_solve_falls_back_to_lu_where_cholesky_fails():
+    m = make()
+    m.setup_projection(torch.device("cpu"))
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(24, 24, generator=g, dtype=torch.float64)
+    m.targets = torch.randn(24, INFO.n_classes, generator=g, dtype=torch.float64)
+    for gram in (q @ q.t(), q @ torch.diag(torch.linspace(-1, 1, 24, dtype=torch.float64)) @ q.t()):  # SPD, indefinite
+        m.gram = gram
+        want = np.linalg.solve(gram.numpy() + 0.5 * np.eye(24), m.targets[:, :3].numpy())
+        assert np.allclose(m.solve(0.5, 3).t().numpy(), want, rtol=1e-8, atol=1e-10)
