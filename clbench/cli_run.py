@@ -298,11 +298,20 @@ def _bench_efficiency(methods: list[str], late_task: int, overrides: list, backb
     import json
 
     from .bench import measure_efficiency
+    from .errors import ClbenchError
+    from .records import atomic_write_text
 
-    rows = []
-    for name in methods:
-        rows.append(measure_efficiency(name, late_task - 1, "random", overrides))
+    rows, failed = [], []
+    for name in methods:  # one method's bad input does not lose the others' figures
+        try:
+            rows.append(measure_efficiency(name, late_task - 1, "random", overrides))
+        except ClbenchError as e:
+            failed.append(name)
+            err_console.print(f"  error: {name}: {e}")
+            continue
         err_console.print(f"  measured {name}")
+        if json_out:  # after every method, so an interrupted measurement keeps what it measured
+            atomic_write_text(json_out, json.dumps(rows, indent=1))
     size = rows[0]["input_size"][-1] if rows else 0
     table = Table(title=f"clbench bench --efficiency: {backbone}, {size} px, task {late_task} "
                         f"(learnable: what that task trains, heads included)")
@@ -313,8 +322,8 @@ def _bench_efficiency(methods: list[str], late_task: int, overrides: list, backb
                       f"{r['stored_values'] / 1e6:.3f}", f"{r['stored_bytes'] / 2**20:.2f}",
                       f"{r['added_params'] / 1e6:.3f}")
     Console(width=max(console.width, 120)).print(table)
-    if json_out:
-        json_out.write_text(json.dumps(rows, indent=1))
+    if failed:
+        raise ClbenchError(f"Not measured: {', '.join(failed)} (the errors above say why and how to fix each).")
 
 
 def bench_table(rows: list[dict], backbone: str) -> Table:

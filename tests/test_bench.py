@@ -55,3 +55,16 @@ def test_bench_command_prints_and_writes_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["methods"][0]["step_s_first"] is None  # simplecil does not train
     assert data["loader"]["loader_img_s_memory"] > 0
+
+
+def test_efficiency_command_keeps_the_other_methods_when_one_cannot_be_measured(tmp_path):
+    """One training image per class: FeCAM's covariances cannot be estimated (a clear error
+    naming the cause), SimpleCIL before and after it is still measured and written."""
+    out = tmp_path / "eff.json"
+    result = CliRunner().invoke(app, ["bench", "--efficiency", "--methods", "simplecil,fecam,lora",
+                                      "--backbone", "vit_micro_patch4_32.shapes_pre", "--image-size", "32",
+                                      "--late-task", "2", "--set", "benchmark.train_per_class=1", "--json", str(out)])
+    assert result.exit_code != 0
+    assert "fecam: Task 1 has a class with a single training sample" in result.output
+    assert "Not measured: fecam" in result.output
+    assert [r["method"] for r in json.loads(out.read_text())] == ["simplecil", "lora"]
