@@ -57,7 +57,7 @@ class RanPACConfig(FirstSessionConfig):
                                     "(the rest scores it)", gt=0, lt=1)
 
 
-def ridge_errors(project: Callable[[Tensor], Tensor], f_fit: Tensor, y_fit: Tensor, f_val: Tensor,
+def ridge_errors(project: Callable[..., Tensor], f_fit: Tensor, y_fit: Tensor, f_val: Tensor,
                  y_val: Tensor, lambdas: list[float], chunk: int = 2048) -> list[float]:
     """Validation sums of squared errors ‖H_v W_λ − Y_v‖² of the ridge fits
     W_λ = (H_fᵀH_f + λI)⁻¹ H_fᵀY_f, one per λ, where H = ``project(f)`` (M wide) and Y are

@@ -86,8 +86,8 @@ def test_two_processes_match_one_process(tmp_path):
     assert "After task 1 the ranks hold different values of ['prototypes.means']" in result.stderr, result.stderr[-3000:]
 
     # RanPAC's Gram matrices are summed over ranks (the rank check passed) and its λ search
-    # scores the features of both shards (the whole task); the split draws
-    # per shard, so only the statistics methods are compared with one process
+    # scores the features of both shards (the whole task); the split draws per shard, so
+    # only the statistics methods are compared with one process
     ranpac = json.loads(next((out / "shapes" / "ranpac").iterdir()).joinpath("record.json").read_text())
     assert ranpac["status"] == "complete" and ranpac["engine"]["world_size"] == 2
     for t in ranpac["tasks"]:
