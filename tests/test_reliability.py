@@ -321,6 +321,24 @@ def test_a_damaged_task_checkpoint_is_one_clear_message(damaged, tmp_path, damag
         assert load_record(damaged)["status"] == "complete"
 
 
+@pytest.mark.parametrize("name", ["boundary.pt", "step.pt"])
+def test_a_checkpoint_that_does_not_fit_the_method_is_one_clear_message(damaged, name):
+    path = damaged / "checkpoint" / name
+    saved = torch.load(path, weights_only=True)
+    key = next(k for k in saved["model"] if k.startswith("head."))
+    saved["model"]["unknown." + key] = saved["model"].pop(key)  # a readable file holding another model's state
+    torch.save(saved, path)
+    result = cli("run", "--resume", damaged, "--no-progress")
+    earlier = "the last task boundary" if name == "step.pt" else "the first task (the finished tasks are trained again)"
+    assert result.exit_code == 2 and said(
+        result, f"error: The checkpoint {path} does not fit this run's 'lora' method (", "missing",
+        f"it was replaced or edited. Delete it to resume from {earlier}, or start a new run."), result.output
+    assert load_record(damaged)["status"] != "complete"  # nothing written over the finished tasks
+    path.unlink()  # the advice works
+    assert cli("run", "--resume", damaged, "--no-progress").exit_code == 0
+    assert load_record(damaged)["status"] == "complete"
+
+
 RECORD_EDITS = {
     "no protocol": (lambda r: {k: v for k, v in r.items() if k != "protocol"}, "the record lacks 'protocol'"),
     "task is a number": (lambda r: {**r, "tasks": [5]}, "tasks[0] is a number, not an object"),

@@ -26,14 +26,17 @@ def restore_state(module: nn.Module, state: Mapping[str, Any], omitted: tuple[st
     """Load ``state`` into ``module``, adopting saved shapes and creating missing parameters.
 
     Keys under the ``omitted`` prefixes may be absent from ``state`` (task states leave out
-    the pretrained backbone); any other mismatch is an error.
+    the pretrained backbone); any other mismatch is a :class:`ValueError` naming the keys.
     """
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     for key, value in state.items():
         if key.endswith(EXTRA) or not torch.is_tensor(value):
             continue
         path, _, name = key.rpartition(".")
-        owner = module.get_submodule(path) if path else module
+        try:
+            owner = module.get_submodule(path) if path else module
+        except AttributeError:
+            continue  # no such module: load_state_dict reports the key as unexpected
         if name in owner._parameters:
             current = owner._parameters[name]
             if current is None or current.shape != value.shape:
@@ -46,5 +49,5 @@ def restore_state(module: nn.Module, state: Mapping[str, Any], omitted: tuple[st
     missing, unexpected = module.load_state_dict(dict(state), strict=False)
     missing = [k for k in missing if not k.startswith(omitted)]
     if missing or unexpected:
-        raise KeyError(f"state does not fit {type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"state does not fit {type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 from ..config import RunConfig, TrainConfig, apply_values, check_options
 from ..data.stream import ClassIncrementalStream, Task
 from ..efficiency import peak_memory, reset_peak_memory, task_efficiency, trained_parameters
-from ..errors import ConfigError
-from .checkpoint import Checkpointer, ResumePoint
+from ..errors import ConfigError, DamagedFileError
+from .checkpoint import BOUNDARY, STEP, Checkpointer, ResumePoint
 from .context import EngineTaskContext
 from .dist import SingleProcess
 from .loaders import Batch, Loaders
@@ -197,8 +197,7 @@ class Trainer:
         if resume is not None:
             start, step = resume.tasks_done, resume.step
             if resume.model is not None:
-                restore_state(self.method, resume.model, omitted=())
-                self.method.to(self.device)
+                self.restore_checkpoint(resume.model, BOUNDARY)
             if resume.rng is not None:
                 self.set_rng_states(resume.rng)
         self.progress.run_started(self.stream.n_tasks, start)
@@ -206,6 +205,18 @@ class Trainer:
             for task in self.stream.tasks[start:]:
                 self.run_task(task, step)
                 step = None
+
+    def restore_checkpoint(self, model: dict[str, Any], name: str) -> None:
+        """Load a checkpoint's model state; one that does not fit the method is a damaged file."""
+        try:
+            restore_state(self.method, model, omitted=())
+        except (ValueError, KeyError, AttributeError, RuntimeError, TypeError) as exc:
+            path = self.checkpoint.directory / name if self.checkpoint.directory else name
+            earlier = "the last task boundary" if name == STEP else "the first task (the finished tasks are trained again)"
+            raise DamagedFileError(
+                f"The checkpoint {path} does not fit this run's '{self.cfg.method}' method ({exc}): it was "
+                f"replaced or edited. Delete it to resume from {earlier}, or start a new run.") from None
+        self.method.to(self.device)
 
     def run_task(self, task: Task, step: dict[str, Any] | None = None) -> None:
         """One task; ``step`` is a checkpoint within it to continue from."""
@@ -220,8 +231,7 @@ class Trainer:
         method.to(self.device)
         resume = None
         if step is not None:  # before_task rebuilt the task's structure; now its trained values
-            restore_state(method, step["model"], omitted=())
-            method.to(self.device)
+            self.restore_checkpoint(step["model"], STEP)
             self.set_rng_states(step["rng"])
             resume = TaskResume(step, self.device)
         progress: dict[str, Any] = resume.progress if resume else {"logs": {}, "steps": 0, "trainable": 0, "epochs": 0}
