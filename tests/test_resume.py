@@ -28,6 +28,9 @@ import os, signal, sys
 from clbench.engine.loop import Loop
 
 TASK, STEP, SIG = (int(v) for v in os.environ["SIGNAL_AT"].split(","))
+# Ctrl-C as in a terminal: a shell's background job (e.g. a CI step started with &) inherits
+# SIGINT ignored, and clbench rightly keeps an ignored SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 original, calls = Loop.step, {}
 
 
