@@ -10,7 +10,7 @@ import torch
 from conftest import TINY
 from torch import nn
 
-from clbench.errors import ConfigError, DataError
+from clbench.errors import ConfigError, DamagedFileError, DataError
 from clbench.experiment import DataCache, execute, plan
 from clbench.report import landscape as ls
 from clbench.report.landscape_run import compute, save
@@ -186,6 +186,13 @@ def test_landscape_errors_name_the_fix(runs, tmp_path):
     rec["tasks"][0]["state"] = None  # as with engine.save_task_state=never
     (copy / "record.json").write_text(json.dumps(rec))
     with pytest.raises(DataError, match="save_task_state=always"):
+        compute(copy, line=(0, 1), plane=None)
+    rec["tasks"][0]["state"] = runs["lora"]["tasks"][0]["state"]
+    (copy / "record.json").write_text(json.dumps(rec))
+    finetune = Path(runs["finetune"]["run_dir"]) / runs["finetune"]["tasks"][0]["state"]["file"]
+    shutil.copyfile(finetune, copy / rec["tasks"][0]["state"]["file"])  # another method's state
+    with pytest.raises(DamagedFileError, match=r"The task state .* does not fit a freshly built 'lora' \(state does "
+                                               r"not fit LoRA: missing .*\); it was replaced or damaged"):
         compute(copy, line=(0, 1), plane=None)
 
 

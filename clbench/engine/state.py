@@ -22,11 +22,16 @@ from torch import nn
 EXTRA = "_extra_state"
 
 
+class StateMismatch(ValueError):
+    """A saved state that does not fit the freshly built module (callers name the file)."""
+
+
 def restore_state(module: nn.Module, state: Mapping[str, Any], omitted: tuple[str, ...] = ("backbone.",)) -> None:
     """Load ``state`` into ``module``, adopting saved shapes and creating missing parameters.
 
     Keys under the ``omitted`` prefixes may be absent from ``state`` (task states leave out
-    the pretrained backbone); any other mismatch is a :class:`ValueError` naming the keys.
+    the pretrained backbone); any other mismatch, including a method's ``set_extra_state``
+    refusing the saved structure, is a :class:`StateMismatch`.
     """
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     for key, value in state.items():
@@ -46,8 +51,11 @@ def restore_state(module: nn.Module, state: Mapping[str, Any], omitted: tuple[st
             current = owner._buffers[name]
             if current is None or current.shape != value.shape:
                 owner._buffers[name] = torch.empty_like(value, device=device)
-    missing, unexpected = module.load_state_dict(dict(state), strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(dict(state), strict=False)
+    except (KeyError, AttributeError, RuntimeError, TypeError, ValueError) as exc:
+        raise StateMismatch(f"state does not fit {type(module).__name__}: {exc}") from exc
     missing = [k for k in missing if not k.startswith(omitted)]
     if missing or unexpected:
-        raise ValueError(f"state does not fit {type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise StateMismatch(f"state does not fit {type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

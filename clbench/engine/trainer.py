@@ -35,7 +35,7 @@ from .loop import Loop, LoopPosition, LoopResult, LoopSpec, StepHooks, StopReque
 from .optim import masked_cross_entropy, task_hparams
 from .progress import ProgressReporter
 from .runtime import autocast, compile_backbone, resolve_device, resolve_precision, rng_state, set_rng_state
-from .state import restore_state
+from .state import StateMismatch, restore_state
 
 if TYPE_CHECKING:
     from ..methods.base import CLMethod, Phase
@@ -210,7 +210,7 @@ class Trainer:
         """Load a checkpoint's model state; one that does not fit the method is a damaged file."""
         try:
             restore_state(self.method, model, omitted=())
-        except (ValueError, KeyError, AttributeError, RuntimeError, TypeError) as exc:
+        except StateMismatch as exc:
             path = self.checkpoint.directory / name if self.checkpoint.directory else name
             earlier = "the last task boundary" if name == STEP else "the first task (the finished tasks are trained again)"
             raise DamagedFileError(

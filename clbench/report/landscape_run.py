@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..config import RunConfig
 from ..engine.progress import ProgressReporter
-from ..engine.state import restore_state
+from ..engine.state import StateMismatch, restore_state
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, DamagedFileError, DataError
 from ..records import atomic_write_text, atomic_write_with, ensure_writable, load_record
@@ -106,7 +106,7 @@ def _solution(cfg: RunConfig, record: dict, run_dir: Path, task: int, cache: Any
     path = run_dir / record["tasks"][task]["state"]["file"]  # inside run_dir (_check_tasks)
     try:
         restore_state(method, load_state_file(path))
-    except (ValueError, KeyError, AttributeError, RuntimeError, TypeError) as exc:
+    except StateMismatch as exc:
         raise DamagedFileError(f"The task state {path} does not fit a freshly built '{record['method']}' ({exc}); it "
                                f"was replaced or damaged. Restore it from a copy, or re-run the run.") from None
     return stream, method
